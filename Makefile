@@ -1,0 +1,43 @@
+# Thinkpool: `make run` for the embedded default, `make test` for the whole suite.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PORT ?= 8000
+export DEBUG ?= 1
+
+.PHONY: run test test-sqlite test-postgres lint format migrations-check bench clean
+
+.venv/installed: pyproject.toml
+	test -d .venv || python3 -m venv .venv
+	# torch comes from the CPU wheel pinned here; a bare `torch` would pull a multi-GB CUDA build.
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q "torch==2.13.0"
+	.venv/bin/pip install -q -e ".[worker,models,dev]"
+	touch $@
+
+run: .venv/installed
+	@bash scripts/run.sh
+
+test: .venv/installed test-sqlite test-postgres
+
+test-sqlite: .venv/installed
+	@echo "== suite on SQLite, filesystem broker =="
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u CACHE_URL $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: .venv/installed
+	@echo "== suite on PostgreSQL, Redis broker =="
+	bash scripts/with-services.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: .venv/installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy thinkpool contributors scoring
+
+format: .venv/installed
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+migrations-check: .venv/installed
+	$(PY) manage.py makemigrations --check --dry-run
+
+clean:
+	rm -rf var/

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from contributors import services
+from contributors.models import (
+    ApiToken,
+    Bounty,
+    ComputeNode,
+    Lease,
+    LeaseItem,
+    Profile,
+    Slot,
+)
+
+
+@admin.register(Profile)
+class ProfileAdmin(admin.ModelAdmin):
+    list_display = [
+        "handle",
+        "user",
+        "hf_username",
+        "public_attribution",
+        "trust",
+        "banned",
+        "created_at",
+    ]
+    list_filter = ["banned", "public_attribution"]
+    search_fields = ["handle", "user__username", "hf_username"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "name", "created_at", "last_used", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["prefix", "user__username", "name"]
+    readonly_fields = ["prefix", "digest", "created_at", "last_used", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A token is made by `manage.py issue_token` or the contributor, who sees it once.
+        return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        for token in queryset:
+            services.revoke_token(token=token)
+        self.message_user(request, "Tokens revoked.", messages.SUCCESS)
+
+
+@admin.register(ComputeNode)
+class ComputeNodeAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "owner",
+        "backend",
+        "worker_version",
+        "status",
+        "last_heartbeat",
+        "registered_at",
+    ]
+    list_filter = ["backend"]
+    search_fields = ["name", "owner__username"]
+
+
+class LeaseItemInline(admin.TabularInline):
+    model = LeaseItem
+    extra = 0
+    raw_id_fields = ["slot"]
+    readonly_fields = ["n", "received", "returned"]
+
+
+@admin.register(Lease)
+class LeaseAdmin(admin.ModelAdmin):
+    list_display = ["id", "node", "contributor", "model", "state", "created_at", "deadline"]
+    list_filter = ["state", "model"]
+    search_fields = ["contributor__username", "node__name", "model"]
+    list_select_related = ["node", "contributor"]
+    inlines = [LeaseItemInline]
+
+
+@admin.register(Slot)
+class SlotAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "prompt_set",
+        "prompt",
+        "model",
+        "temperature",
+        "filled",
+        "outstanding",
+        "target",
+    ]
+    list_filter = ["prompt_set", "model", "temperature"]
+    raw_id_fields = ["prompt"]
+
+
+@admin.register(Bounty)
+class BountyAdmin(admin.ModelAdmin):
+    list_display = [
+        "title",
+        "prompt_set",
+        "model_pattern",
+        "reward_credits",
+        "is_active",
+        "opens_at",
+        "closes_at",
+    ]
+    list_filter = ["is_active"]
+    search_fields = ["title", "description"]

@@ -1,0 +1,243 @@
+"""Input and output serializers, one pair per endpoint. Output serializers name every field
+they emit: nothing from PromptGold is reachable from here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxLengthValidator
+from rest_framework import serializers
+
+from contributors.models import ComputeNode, Lease, LeaseItem
+
+MAX_JSON_FIELD_CHARS = 8192
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField would turn 42 or True into text."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _small_json(value: Any, what: str) -> Any:
+    import json
+
+    if len(json.dumps(value)) > MAX_JSON_FIELD_CHARS:
+        raise serializers.ValidationError(
+            f"{what} is larger than {MAX_JSON_FIELD_CHARS} characters"
+        )
+    return value
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+class ModelRefSerializer(serializers.Serializer):
+    id = StrictCharField(max_length=200)
+    revision = StrictCharField(max_length=100, allow_null=True, allow_blank=True, required=False)
+
+
+class NodeInSerializer(serializers.Serializer):
+    name = serializers.RegexField(r"^[\w.@+-][\w .@+-]*$", max_length=100)
+    backend = StrictCharField(max_length=32)
+    models = ModelRefSerializer(many=True, allow_empty=False, max_length=64)  # type: ignore[call-arg]
+    hardware = serializers.DictField(required=False, default=dict)
+    worker_version = StrictCharField(max_length=32, required=False, allow_blank=True, default="")
+
+    def validate_hardware(self, value: dict[str, Any]) -> dict[str, Any]:
+        return _small_json(value, "hardware")
+
+
+class NodeOutSerializer(serializers.ModelSerializer):
+    models = serializers.JSONField(source="models_served")
+    status = serializers.CharField()
+    heartbeat_interval_s = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ComputeNode
+        fields = [
+            "id",
+            "name",
+            "backend",
+            "models",
+            "hardware",
+            "worker_version",
+            "status",
+            "registered_at",
+            "last_heartbeat",
+            "heartbeat_interval_s",
+        ]
+
+    def get_heartbeat_interval_s(self, node: ComputeNode) -> int:
+        return int(settings.THINKPOOL["HEARTBEAT_INTERVAL_S"])
+
+
+class HeartbeatOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    last_heartbeat = serializers.DateTimeField()
+    leases_extended = serializers.IntegerField()
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+class LeaseInSerializer(serializers.Serializer):
+    node = serializers.IntegerField(min_value=1)
+    model = StrictCharField(max_length=200)
+    max_prompts = serializers.IntegerField(min_value=1, default=16)
+
+    def validate_max_prompts(self, value: int) -> int:
+        cap = settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"]
+        if value > cap:
+            raise serializers.ValidationError(f"at most {cap} prompts per lease")
+        return value
+
+
+class LeaseItemOutSerializer(serializers.ModelSerializer):
+    prompt = serializers.SerializerMethodField()
+    sampling = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LeaseItem
+        fields = ["id", "prompt", "sampling"]
+
+    def get_prompt(self, item: LeaseItem) -> dict[str, Any]:
+        prompt = item.slot.prompt
+        return {"id": prompt.pk, "messages": prompt.prompt_set.render_messages(prompt.messages)}
+
+    def get_sampling(self, item: LeaseItem) -> dict[str, Any]:
+        plan = item.slot.prompt.prompt_set
+        return {
+            "temperature": item.slot.temperature,
+            "top_p": plan.top_p,
+            "max_tokens": plan.max_tokens,
+            "n": item.n,
+        }
+
+
+class LeaseOutSerializer(serializers.ModelSerializer):
+    node = serializers.IntegerField(source="node_id")
+    items = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Lease
+        fields = ["id", "node", "model", "state", "deadline", "items"]
+
+    def get_items(self, lease: Lease) -> list[dict[str, Any]]:
+        return LeaseItemOutSerializer(self.context["items"], many=True).data  # type: ignore[return-value]
+
+
+class ReleaseOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.CharField()
+    released = serializers.IntegerField()
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+
+class SamplingSerializer(serializers.Serializer):
+    temperature = serializers.FloatField(min_value=0.0, max_value=10.0)
+    top_p = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+    max_tokens = serializers.IntegerField(min_value=1, required=False)
+    n = serializers.IntegerField(min_value=1, required=False)
+
+
+class SampleInSerializer(serializers.Serializer):
+    client_id = serializers.UUIDField()
+    completion = StrictCharField(trim_whitespace=False)
+    reasoning = StrictCharField(
+        trim_whitespace=False, allow_null=True, allow_blank=True, required=False, default=None
+    )
+    model = StrictCharField(max_length=200)
+    model_revision = StrictCharField(
+        max_length=100, allow_null=True, allow_blank=True, required=False, default=""
+    )
+    sampling = serializers.DictField()
+    finish_reason = StrictCharField(max_length=32)
+    prompt_tokens = serializers.IntegerField(
+        min_value=0, allow_null=True, required=False, default=None
+    )
+    completion_tokens = serializers.IntegerField(
+        min_value=0, allow_null=True, required=False, default=None
+    )
+    generation_ms = serializers.IntegerField(
+        min_value=0, allow_null=True, required=False, default=None
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = settings.THINKPOOL["MAX_COMPLETION_CHARS"]
+        for name in ("completion", "reasoning"):
+            field = self.fields[name]
+            assert isinstance(field, serializers.CharField)
+            field.max_length = limit
+            field.validators.append(MaxLengthValidator(limit))
+
+    def validate_sampling(self, value: dict[str, Any]) -> dict[str, Any]:
+        _small_json(value, "sampling")
+        known = SamplingSerializer(data=value)
+        known.is_valid(raise_exception=True)
+        return {**value, **known.validated_data}
+
+    def validate_model_revision(self, value: str | None) -> str:
+        return value or ""
+
+
+class LeaseSampleInSerializer(SampleInSerializer):
+    item = serializers.IntegerField(min_value=1)
+
+
+class OfflineSampleInSerializer(SampleInSerializer):
+    prompt = serializers.IntegerField(min_value=1)
+
+
+class UploadEnvelopeSerializer(serializers.Serializer):
+    samples = serializers.ListField(child=serializers.JSONField(), allow_empty=False)
+
+    def validate_samples(self, value: list[Any]) -> list[Any]:
+        cap = settings.THINKPOOL["MAX_SAMPLES_PER_UPLOAD"]
+        if len(value) > cap:
+            raise serializers.ValidationError(f"at most {cap} samples per request")
+        return value
+
+
+class UploadOutSerializer(serializers.Serializer):
+    accepted = serializers.ListField(child=serializers.DictField())
+    duplicates = serializers.ListField(child=serializers.DictField())
+    rejected = serializers.ListField(child=serializers.DictField())
+
+
+class VerdictOutSerializer(serializers.Serializer):
+    # No `details`: they can quote the reference answer or a hidden test.
+    verifier = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    score = serializers.FloatField()
+
+
+class SampleOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    client_id = serializers.UUIDField()
+    prompt = serializers.IntegerField(source="prompt_id")
+    model = serializers.CharField()
+    model_revision = serializers.CharField()
+    temperature = serializers.FloatField()
+    finish_reason = serializers.CharField()
+    counted = serializers.BooleanField()
+    status = serializers.CharField()
+    status_reason = serializers.CharField()
+    received_at = serializers.DateTimeField()
+    verdicts = VerdictOutSerializer(many=True)
+
+
+class MeOutSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    handle = serializers.CharField()
+    hf_username = serializers.CharField()
+    public_attribution = serializers.BooleanField()

@@ -1,0 +1,186 @@
+"""API v1. Views are thin: parse with an input serializer, call a service or selector, answer
+with an output serializer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from contributors import selectors, services
+from contributors.api import serializers as io
+from contributors.models import ComputeNode
+
+
+class MeView(APIView):
+    @extend_schema(responses=io.MeOutSerializer)
+    def get(self, request: Request) -> Response:
+        profile = services.ensure_profile(user=request.user)
+        data = {
+            "username": request.user.get_username(),
+            "handle": profile.handle,
+            "hf_username": profile.hf_username,
+            "public_attribution": profile.public_attribution,
+        }
+        return Response(io.MeOutSerializer(data).data)
+
+
+class NodeListView(APIView):
+    @extend_schema(responses=io.NodeOutSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        nodes = ComputeNode.objects.filter(owner_id=request.user.pk).order_by("pk")
+        return Response(io.NodeOutSerializer(nodes, many=True).data)
+
+    @extend_schema(
+        request=io.NodeInSerializer,
+        responses={201: io.NodeOutSerializer, 200: io.NodeOutSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        incoming = io.NodeInSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        node, created = services.register_node(
+            owner=request.user,
+            name=data["name"],
+            backend=data["backend"],
+            models_served=[
+                {"id": m["id"], "revision": m.get("revision") or None} for m in data["models"]
+            ],
+            hardware=data["hardware"],
+            worker_version=data["worker_version"],
+        )
+        return Response(
+            io.NodeOutSerializer(node).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class NodeHeartbeatView(APIView):
+    @extend_schema(request=None, responses=io.HeartbeatOutSerializer)
+    def post(self, request: Request, node_id: int) -> Response:
+        node = selectors.node_for(user=request.user, node_id=node_id)
+        extended = services.heartbeat(node=node)
+        out = {
+            "id": node.pk,
+            "status": node.status,
+            "last_heartbeat": node.last_heartbeat,
+            "leases_extended": extended,
+        }
+        return Response(io.HeartbeatOutSerializer(out).data)
+
+
+class LeaseListView(APIView):
+    @extend_schema(
+        request=io.LeaseInSerializer,
+        responses={
+            201: io.LeaseOutSerializer,
+            204: OpenApiResponse(description="No work for that model."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        incoming = io.LeaseInSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        node = selectors.node_for(user=request.user, node_id=data["node"])
+        lease = services.create_lease(
+            node=node, model=data["model"], max_prompts=data["max_prompts"]
+        )
+        if lease is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        items = selectors.lease_items(lease=lease)
+        return Response(
+            io.LeaseOutSerializer(lease, context={"items": items}).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class LeaseDetailView(APIView):
+    @extend_schema(responses=io.LeaseOutSerializer)
+    def get(self, request: Request, lease_id: int) -> Response:
+        lease = selectors.lease_for(user=request.user, lease_id=lease_id)
+        items = [i for i in selectors.lease_items(lease=lease) if i.pending]
+        return Response(io.LeaseOutSerializer(lease, context={"items": items}).data)
+
+    @extend_schema(responses=io.ReleaseOutSerializer)
+    def delete(self, request: Request, lease_id: int) -> Response:
+        lease = selectors.lease_for(user=request.user, lease_id=lease_id)
+        released = services.release_lease(lease=lease)
+        out = {"id": lease.pk, "state": "released", "released": released}
+        return Response(io.ReleaseOutSerializer(out).data)
+
+
+def _validate_samples(
+    raw_samples: list[Any],
+    serializer_class: type[io.SampleInSerializer],
+    result: services.IngestResult,
+) -> list[services.SampleIn]:
+    """Validates each sample on its own: one bad sample is rejected with its reasons, the rest
+    go on."""
+    valid: list[services.SampleIn] = []
+    for raw in raw_samples:
+        client_id = raw.get("client_id") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            result.reject(client_id, "invalid", "Each sample must be a JSON object.")
+            continue
+        incoming = serializer_class(data=raw)
+        if not incoming.is_valid():
+            fields = ValidationError(incoming.errors).get_full_details()
+            result.reject(client_id, "invalid", "The sample is not valid.", fields)
+            continue
+        data: dict[str, Any] = dict(incoming.validated_data)
+        valid.append(services.SampleIn(**data))
+    return valid
+
+
+class LeaseSamplesView(APIView):
+    @extend_schema(request=io.UploadEnvelopeSerializer, responses=io.UploadOutSerializer)
+    def post(self, request: Request, lease_id: int) -> Response:
+        lease = selectors.lease_for(user=request.user, lease_id=lease_id)
+        envelope = io.UploadEnvelopeSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        result = services.IngestResult()
+        valid = _validate_samples(
+            envelope.validated_data["samples"], io.LeaseSampleInSerializer, result
+        )
+        if valid:
+            services.ingest_samples(user=request.user, lease=lease, samples=valid, result=result)
+        return Response(io.UploadOutSerializer(result).data)
+
+
+class SampleListView(APIView):
+    @extend_schema(request=io.UploadEnvelopeSerializer, responses=io.UploadOutSerializer)
+    def post(self, request: Request) -> Response:
+        """Offline uploads: samples generated outside a lease, matched to prompt ids."""
+        envelope = io.UploadEnvelopeSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        result = services.IngestResult()
+        valid = _validate_samples(
+            envelope.validated_data["samples"], io.OfflineSampleInSerializer, result
+        )
+        if valid:
+            services.ingest_samples(user=request.user, samples=valid, result=result)
+        return Response(io.UploadOutSerializer(result).data)
+
+
+class SampleDetailView(APIView):
+    @extend_schema(responses=io.SampleOutSerializer)
+    def get(self, request: Request, sample_id: int) -> Response:
+        sample = selectors.sample_for(user=request.user, sample_id=sample_id)
+        return Response(io.SampleOutSerializer(sample).data)
+
+
+class StatsView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    @extend_schema(responses=serializers.DictField())
+    def get(self, request: Request) -> Response:
+        with transaction.atomic():
+            return Response(selectors.public_stats())

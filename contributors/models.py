@@ -1,0 +1,235 @@
+"""The crowd: profiles, API tokens, compute nodes, and the slots and leases that hand out work."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from scoring.models import Prompt, PromptSet, Sample
+
+TOKEN_PREFIX = "tp_"
+
+
+class Profile(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+    )
+    handle = models.CharField(max_length=64, unique=True)
+    hf_username = models.CharField("Hugging Face username", max_length=96, blank=True)
+    public_attribution = models.BooleanField(
+        default=True, help_text="Appear by handle in releases; otherwise 'anonymous'."
+    )
+    trust = models.FloatField(default=1.0)
+    quota_samples_per_day = models.PositiveIntegerField(null=True, blank=True)
+    banned = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.handle
+
+
+def hash_token(raw: str) -> str:
+    # Tokens carry 256 bits of randomness, so a plain SHA-256 is enough (no slow KDF needed),
+    # and it lets authentication look a token up by its digest in one indexed query.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def live(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiToken(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise it.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def generate() -> str:
+        return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def is_live(self) -> bool:
+        return self.revoked_at is None
+
+
+class NodeStatus(models.TextChoices):
+    ACTIVE = "active"
+    IDLE = "idle"
+    LOST = "lost"
+
+
+class ComputeNode(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="nodes"
+    )
+    name = models.CharField(max_length=100)
+    backend = models.CharField(max_length=32)
+    models_served = models.JSONField(default=list, help_text="[{id, revision}]")
+    hardware = models.JSONField(default=dict)
+    worker_version = models.CharField(max_length=32, blank=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="node_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def status(self) -> str:
+        """Derived from the last heartbeat, so it can never go stale in the table."""
+        if self.last_heartbeat is None:
+            return NodeStatus.IDLE
+        cfg = settings.THINKPOOL
+        lost_after = timedelta(
+            seconds=cfg["HEARTBEAT_INTERVAL_S"] * cfg["LOST_AFTER_MISSED_HEARTBEATS"]
+        )
+        if timezone.now() - self.last_heartbeat > lost_after:
+            return NodeStatus.LOST
+        if self.leases.filter(state=LeaseState.LIVE).exists():
+            return NodeStatus.ACTIVE
+        return NodeStatus.IDLE
+
+
+class Slot(models.Model):
+    """(prompt, model, temperature): needs `target` samples.
+
+    Invariant, kept by the leasing and upload services under row locks:
+        0 <= filled + outstanding <= target
+    `outstanding` counts samples promised by live lease items; `filled` counts samples
+    received that were counted towards the target.
+    """
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="slots")
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="slots")
+    model = models.CharField(max_length=200)
+    temperature = models.FloatField()
+    target = models.PositiveIntegerField()
+    filled = models.PositiveIntegerField(default=0)
+    outstanding = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt", "model", "temperature"], name="slot_unique_key"
+            ),
+            models.CheckConstraint(
+                condition=Q(filled__gte=0)
+                & Q(outstanding__gte=0)
+                & Q(target__gte=F("filled") + F("outstanding")),
+                name="slot_never_over_assigned",
+            ),
+        ]
+        # Serves the leasing query: equality on set and model, ordered by coverage.
+        indexes = [models.Index(fields=["prompt_set", "model", "filled", "outstanding", "id"])]
+
+    def __str__(self) -> str:
+        return f"prompt {self.prompt_id} / {self.model} @ {self.temperature}"
+
+    @property
+    def short_by(self) -> int:
+        return self.target - self.filled - self.outstanding
+
+
+class LeaseState(models.TextChoices):
+    LIVE = "live"
+    DONE = "done"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Lease(models.Model):
+    node = models.ForeignKey(ComputeNode, on_delete=models.CASCADE, related_name="leases")
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
+    )
+    model = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=LeaseState.choices, default=LeaseState.LIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deadline = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "deadline"]),
+            models.Index(fields=["contributor", "state"]),
+            models.Index(fields=["node", "state"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} ({self.state})"
+
+
+class LeaseItem(models.Model):
+    """One slot handed to one lease: `n` samples asked for."""
+
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="items")
+    slot = models.ForeignKey(Slot, on_delete=models.CASCADE, related_name="lease_items")
+    n = models.PositiveIntegerField()
+    received = models.PositiveIntegerField(default=0, help_text="Samples uploaded for this item.")
+    # Set when the lease closes: how many of `n` went back to the pool unfulfilled.
+    returned = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["lease", "slot"], name="leaseitem_unique_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.pk} of lease {self.lease_id}"
+
+    @property
+    def pending(self) -> int:
+        """Samples still promised by this item (counted in the slot's `outstanding`)."""
+        return max(self.n - self.received - self.returned, 0)
+
+
+class SampleOrigin(models.Model):
+    """Where a sample came from: kept here so the dataset (scoring) needs no crowd tables."""
+
+    sample = models.OneToOneField(
+        Sample, on_delete=models.CASCADE, primary_key=True, related_name="origin"
+    )
+    node = models.ForeignKey(ComputeNode, on_delete=models.SET_NULL, null=True, blank=True)
+    lease_item = models.ForeignKey(LeaseItem, on_delete=models.SET_NULL, null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"origin of sample {self.sample_id}"
+
+
+class Bounty(models.Model):
+    """A call for compute: e.g. 'cover set X with model family Y'."""
+
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.SET_NULL, null=True, blank=True)
+    model_pattern = models.CharField(max_length=200, blank=True)
+    reward_credits = models.PositiveIntegerField(default=0)
+    opens_at = models.DateTimeField(default=timezone.now)
+    closes_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        verbose_name_plural = "bounties"
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,526 @@
+"""Writes for the crowd side: tokens, nodes, leases and uploads.
+
+Every function is keyword-only and transactional. Leasing and uploads keep the slot invariant
+`filled + outstanding <= target` (also a CHECK constraint, so a bug fails loudly instead of
+over-assigning).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from contributors.models import (
+    ApiToken,
+    ComputeNode,
+    Lease,
+    LeaseItem,
+    LeaseState,
+    Profile,
+    SampleOrigin,
+    Slot,
+    hash_token,
+)
+from scoring.models import Prompt, PromptSet, Sample
+from scoring.tasks import queue_scoring
+
+logger = logging.getLogger(__name__)
+
+class ServiceError(Exception):
+    """A request that is well-formed but not allowed now. `code` is machine-readable."""
+
+    status = 409
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+# --- accounts and tokens --------------------------------------------------------------------
+
+
+@transaction.atomic
+def ensure_profile(*, user: Any) -> Profile:
+    profile, _ = Profile.objects.get_or_create(
+        user=user, defaults={"handle": user.get_username()[:64]}
+    )
+    return profile
+
+
+@transaction.atomic
+def issue_token(*, user: Any, name: str = "") -> tuple[ApiToken, str]:
+    """Returns the row and the raw token. The raw token is shown once and never stored."""
+    ensure_profile(user=user)
+    raw = ApiToken.generate()
+    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], digest=hash_token(raw))
+    return token, raw
+
+
+def revoke_token(*, token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+# --- nodes ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def register_node(
+    *,
+    owner: Any,
+    name: str,
+    backend: str,
+    models_served: list[dict[str, Any]],
+    hardware: dict[str, Any],
+    worker_version: str,
+) -> tuple[ComputeNode, bool]:
+    """Registers a node, or updates the caller's node of that name (a worker re-registering
+    after a restart keeps its id)."""
+    node, created = ComputeNode.objects.select_for_update().update_or_create(
+        owner=owner,
+        name=name,
+        defaults={
+            "backend": backend,
+            "models_served": models_served,
+            "hardware": hardware,
+            "worker_version": worker_version,
+            "last_heartbeat": timezone.now(),
+        },
+    )
+    return node, created
+
+
+@transaction.atomic
+def heartbeat(*, node: ComputeNode) -> int:
+    """Records a heartbeat and pushes the deadlines of the node's live leases forward."""
+    now = timezone.now()
+    ComputeNode.objects.filter(pk=node.pk).update(last_heartbeat=now)
+    node.last_heartbeat = now
+    extended = 0
+    live = Lease.objects.filter(node=node, state=LeaseState.LIVE, deadline__gt=now)
+    for lease in live.select_for_update():
+        lease_seconds = _lease_seconds(lease)
+        new_deadline = now + timedelta(seconds=lease_seconds)
+        if new_deadline > lease.deadline:
+            lease.deadline = new_deadline
+            lease.save(update_fields=["deadline"])
+            extended += 1
+    return extended
+
+
+def _lease_seconds(lease: Lease) -> int:
+    seconds = (
+        PromptSet.objects.filter(slots__lease_items__lease=lease)
+        .order_by("lease_seconds")
+        .values_list("lease_seconds", flat=True)
+        .first()
+    )
+    return int(seconds or 3600)
+
+
+# --- leasing --------------------------------------------------------------------------------
+
+# Slots are made lazily, per (set, model, temperature), a chunk of prompts at a time: a set of
+# a million prompts served to a hundred models must not need a hundred million rows up front.
+MATERIALISE_CHUNK = 512
+
+
+def _materialise_slots(*, prompt_set: PromptSet, model: str, wanted: int) -> None:
+    """Makes slots for prompts of the set that have none yet for this model, `wanted` at most
+    per temperature. Concurrent callers may race; the unique key makes the loser's rows no-ops."""
+    for temperature in prompt_set.temperatures:
+        missing = (
+            Prompt.objects.filter(prompt_set=prompt_set)
+            .filter(
+                ~Exists(
+                    Slot.objects.filter(
+                        prompt=OuterRef("pk"), model=model, temperature=float(temperature)
+                    )
+                )
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)[:wanted]
+        )
+        ids = list(missing)
+        if not ids:
+            continue
+        Slot.objects.bulk_create(
+            [
+                Slot(
+                    prompt_id=pk,
+                    prompt_set=prompt_set,
+                    model=model,
+                    temperature=float(temperature),
+                    target=prompt_set.slot_target,
+                )
+                for pk in ids
+            ],
+            ignore_conflicts=True,
+        )
+
+
+def _open_slots(prompt_set: PromptSet, model: str):  # type: ignore[no-untyped-def]
+    return Slot.objects.filter(prompt_set=prompt_set, model=model).filter(
+        target__gt=F("filled") + F("outstanding")
+    )
+
+
+@transaction.atomic
+def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | None:
+    """Hands the node up to `max_prompts` slots still short of their target, for `model`.
+
+    Highest set priority first, least-covered slots first. On PostgreSQL the slots are taken
+    with SELECT … FOR UPDATE SKIP LOCKED, so concurrent leasers never block on or double-book
+    a slot; on SQLite the IMMEDIATE transaction serialises leasers.
+    """
+    cfg = settings.THINKPOOL
+    now = timezone.now()
+    user = node.owner
+    if getattr(user, "profile", None) is not None and user.profile.banned:
+        raise ServiceError("banned", "This account may not lease work.", status=403)
+    served = {m.get("id") for m in node.models_served if isinstance(m, dict)}
+    if model not in served:
+        raise ServiceError(
+            "model_not_served",
+            f"Node {node.name!r} did not register model {model!r}; register it first.",
+            status=400,
+        )
+    live = Lease.objects.filter(state=LeaseState.LIVE, deadline__gt=now)
+    if live.filter(node=node).count() >= cfg["MAX_LIVE_LEASES_PER_NODE"]:
+        raise ServiceError(
+            "too_many_live_leases",
+            f"This node already holds {cfg['MAX_LIVE_LEASES_PER_NODE']} live leases; "
+            "finish or release one first.",
+        )
+    if live.filter(contributor=user).count() >= cfg["MAX_LIVE_LEASES_PER_CONTRIBUTOR"]:
+        raise ServiceError(
+            "too_many_live_leases",
+            f"This account already holds {cfg['MAX_LIVE_LEASES_PER_CONTRIBUTOR']} live leases.",
+        )
+    max_prompts = min(max_prompts, cfg["MAX_PROMPTS_PER_LEASE"])
+
+    picked: list[tuple[Slot, int, PromptSet]] = []
+    for prompt_set in PromptSet.objects.filter(is_active=True).order_by("-priority", "pk"):
+        need = max_prompts - len(picked)
+        if need <= 0:
+            break
+        if not prompt_set.admits_model(model):
+            continue
+        # Keep at least `need` untouched slots ahead of the leasers while prompts remain.
+        fresh = _open_slots(prompt_set, model).filter(filled=0, outstanding=0)[:need].count()
+        if fresh < need:
+            _materialise_slots(
+                prompt_set=prompt_set, model=model, wanted=max(need - fresh, MATERIALISE_CHUNK)
+            )
+        slots = list(
+            _open_slots(prompt_set, model)
+            .order_by("filled", "outstanding", "pk")
+            .select_for_update(skip_locked=True, of=("self",))[:need]
+        )
+        for slot in slots:
+            give = min(prompt_set.samples_per_prompt, slot.short_by)
+            if give > 0:
+                picked.append((slot, give, prompt_set))
+    if not picked:
+        return None
+
+    deadline = now + timedelta(seconds=min(ps.lease_seconds for _, _, ps in picked))
+    lease = Lease.objects.create(node=node, contributor=user, model=model, deadline=deadline)
+    LeaseItem.objects.bulk_create(
+        [LeaseItem(lease=lease, slot=slot, n=give) for slot, give, _ in picked]
+    )
+    for slot, give, _ in picked:
+        slot.outstanding += give
+    Slot.objects.bulk_update([slot for slot, _, _ in picked], ["outstanding"])
+    return lease
+
+
+def _close_items(items: list[LeaseItem]) -> int:
+    """Gives the unfulfilled part of each item back to its slot. Caller holds the lease lock."""
+    returned_total = 0
+    by_slot: dict[int, int] = defaultdict(int)
+    for item in items:
+        pending = item.pending
+        if pending:
+            item.returned += pending
+            by_slot[item.slot_id] += pending
+            returned_total += pending
+    if by_slot:
+        LeaseItem.objects.bulk_update(items, ["returned"])
+        slots = list(Slot.objects.select_for_update().filter(pk__in=by_slot).order_by("pk"))
+        for slot in slots:
+            slot.outstanding -= by_slot[slot.pk]
+        Slot.objects.bulk_update(slots, ["outstanding"])
+    return returned_total
+
+
+@transaction.atomic
+def release_lease(*, lease: Lease) -> int:
+    lease = Lease.objects.select_for_update().get(pk=lease.pk)
+    if lease.state != LeaseState.LIVE:
+        raise ServiceError("lease_not_live", f"This lease is already {lease.state}.")
+    returned = _close_items(list(lease.items.all()))
+    lease.state = LeaseState.RELEASED
+    lease.closed_at = timezone.now()
+    lease.save(update_fields=["state", "closed_at"])
+    return returned
+
+
+def expire_overdue_leases(*, now: Any = None, batch: int = 200) -> int:
+    """Closes live leases past their deadline; their unfinished slots go back to the pool.
+    Each lease closes in its own short transaction, skipping any that an upload holds."""
+    now = now or timezone.now()
+    expired = 0
+    while True:
+        with transaction.atomic():
+            leases = list(
+                Lease.objects.select_for_update(skip_locked=True)
+                .filter(state=LeaseState.LIVE, deadline__lte=now)
+                .order_by("deadline")[:batch]
+            )
+            for lease in leases:
+                _close_items(list(lease.items.all()))
+                lease.state = LeaseState.EXPIRED
+                lease.closed_at = now
+            Lease.objects.bulk_update(leases, ["state", "closed_at"])
+            expired += len(leases)
+        if len(leases) < batch:
+            return expired
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleIn:
+    """One validated sample from an upload (see contributors.api.serializers)."""
+
+    client_id: UUID
+    completion: str
+    reasoning: str | None
+    model: str
+    model_revision: str
+    sampling: dict[str, Any]
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    generation_ms: int | None
+    item: int | None = None  # a lease item, for uploads to a lease
+    prompt: int | None = None  # a prompt id, for offline uploads
+
+
+@dataclass
+class IngestResult:
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, client_id: Any, code: str, message: str, fields: Any = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if fields is not None:
+            error["fields"] = fields
+        shown = None if client_id is None else str(client_id)[:64]
+        self.rejected.append({"client_id": shown, "error": error})
+
+
+def _temperature_matches(sampling: dict[str, Any], temperature: float) -> bool:
+    value = sampling.get("temperature")
+    return isinstance(value, int | float) and abs(float(value) - temperature) < 1e-6
+
+
+@transaction.atomic
+def ingest_samples(
+    *,
+    user: Any,
+    samples: list[SampleIn],
+    lease: Lease | None = None,
+    node: ComputeNode | None = None,
+    result: IngestResult | None = None,
+) -> IngestResult:
+    """Stores what is acceptable, in one transaction, and reports per sample.
+
+    A client_id already stored for this contributor is a duplicate (the same answer a retry
+    gets), never a second row. A sample for an item whose lease expired or was released is
+    accepted as a late result: counted if its slot is still short, else kept as an extra.
+    Scoring is queued only after commit.
+    """
+    result = result or IngestResult()
+    if lease is not None:
+        # Serialises uploads to one lease, so two retries of the same batch cannot both count.
+        lease = Lease.objects.select_for_update().get(pk=lease.pk)
+        node = lease.node
+
+    # Duplicates: already stored, or repeated within this request.
+    wanted_ids = {s.client_id for s in samples}
+    existing = {
+        row["client_id"]: row
+        for row in Sample.objects.filter(client_id__in=wanted_ids).values(
+            "id", "client_id", "contributor_id"
+        )
+    }
+    fresh: list[SampleIn] = []
+    seen_here: set[UUID] = set()
+    for s in samples:
+        row = existing.get(s.client_id)
+        if row is not None:
+            if row["contributor_id"] != user.pk:
+                result.reject(
+                    s.client_id, "client_id_conflict", "This client_id belongs to another sample."
+                )
+            else:
+                result.duplicates.append({"client_id": str(s.client_id), "id": row["id"]})
+            continue
+        if s.client_id in seen_here:
+            result.reject(
+                s.client_id, "client_id_repeated", "This client_id appears twice in the request."
+            )
+            continue
+        seen_here.add(s.client_id)
+        fresh.append(s)
+
+    # Resolve where each fresh sample belongs: a lease item (and its slot) or a bare prompt.
+    items: dict[int, LeaseItem] = {}
+    if lease is not None:
+        item_ids = {s.item for s in fresh if s.item is not None}
+        items = {i.pk: i for i in LeaseItem.objects.filter(lease=lease, pk__in=item_ids)}
+    slot_ids = {i.slot_id for i in items.values()}
+    prompt_ids = {s.prompt for s in fresh if s.prompt is not None}
+    offline_prompts: dict[int, Prompt] = (
+        {p.pk: p for p in Prompt.objects.filter(pk__in=prompt_ids, prompt_set__is_active=True)}
+        if prompt_ids
+        else {}
+    )
+    # Offline samples count towards the slot of their (prompt, model, temperature) if it has one.
+    offline_keys = Q(pk__in=[])
+    for s in fresh:
+        temp = s.sampling.get("temperature")
+        if s.prompt in offline_prompts and isinstance(temp, int | float):
+            offline_keys |= Q(prompt_id=s.prompt, model=s.model, temperature=float(temp))
+    # Lock the slots touched, in id order (one order everywhere, so no deadlocks).
+    slots: dict[int, Slot] = {
+        s.pk: s
+        for s in Slot.objects.select_for_update()
+        .filter(Q(pk__in=slot_ids) | offline_keys)
+        .order_by("pk")
+    }
+    slot_by_key = {(s.prompt_id, s.model, s.temperature): s for s in slots.values()}
+
+    to_store: list[tuple[SampleIn, Sample, LeaseItem | None]] = []
+    for s in fresh:
+        if lease is not None:
+            item = items.get(s.item or -1)
+            if item is None:
+                result.reject(s.client_id, "unknown_item", "No such item in this lease.")
+                continue
+            slot = slots[item.slot_id]
+            if not _temperature_matches(s.sampling, slot.temperature):
+                result.reject(
+                    s.client_id,
+                    "sampling_mismatch",
+                    f"This item asks for temperature {slot.temperature}.",
+                )
+                continue
+            prompt_id, temperature = slot.prompt_id, slot.temperature
+        else:
+            prompt = offline_prompts.get(s.prompt or -1)
+            if prompt is None:
+                result.reject(s.client_id, "unknown_prompt", "No such prompt.")
+                continue
+            temp = s.sampling.get("temperature")
+            if not isinstance(temp, int | float):
+                result.reject(s.client_id, "invalid", "sampling.temperature is required.")
+                continue
+            item, prompt_id, temperature = None, prompt.pk, float(temp)
+        to_store.append(
+            (
+                s,
+                Sample(
+                    client_id=s.client_id,
+                    prompt_id=prompt_id,
+                    contributor=user,
+                    model=s.model,
+                    model_revision=s.model_revision,
+                    temperature=temperature,
+                    sampling=s.sampling,
+                    completion=s.completion,
+                    reasoning=s.reasoning or "",
+                    finish_reason=s.finish_reason,
+                    prompt_tokens=s.prompt_tokens,
+                    completion_tokens=s.completion_tokens,
+                    generation_ms=s.generation_ms,
+                ),
+                item,
+            )
+        )
+    if not to_store:
+        return result
+
+    # Count each sample towards its slot: the item's promise first, else a still-short slot
+    # (late result), else keep it as an extra.
+    touched_items: dict[int, LeaseItem] = {}
+    for _, sample, item in to_store:
+        if item is None:
+            offline_slot = slot_by_key.get((sample.prompt_id, sample.model, sample.temperature))
+            if offline_slot is not None and offline_slot.short_by > 0:
+                offline_slot.filled += 1
+            else:
+                sample.counted = False
+            continue
+        slot = slots[item.slot_id]
+        if item.pending > 0:
+            slot.outstanding -= 1
+            slot.filled += 1
+        elif slot.short_by > 0:
+            slot.filled += 1
+        else:
+            sample.counted = False
+        item.received += 1
+        touched_items[item.pk] = item
+
+    try:
+        with transaction.atomic():
+            created = Sample.objects.bulk_create([sample for _, sample, _ in to_store])
+    except IntegrityError:
+        # Another request stored one of these client_ids between our check and our insert.
+        # Roll this request back entirely; the client's retry sees them as duplicates.
+        raise ServiceError(
+            "concurrent_upload",
+            "The same samples are being uploaded concurrently; retry.",
+            status=409,
+        ) from None
+    SampleOrigin.objects.bulk_create(
+        [
+            SampleOrigin(sample=sample, node=node, lease_item=item)
+            for (_, _, item), sample in zip(to_store, created, strict=True)
+        ]
+    )
+    if touched_items:
+        LeaseItem.objects.bulk_update(list(touched_items.values()), ["received"])
+    if slots:
+        Slot.objects.bulk_update(list(slots.values()), ["filled", "outstanding"])
+    if (
+        lease is not None
+        and lease.state == LeaseState.LIVE
+        and not any(i.pending for i in LeaseItem.objects.filter(lease=lease))
+    ):
+        lease.state = LeaseState.DONE
+        lease.closed_at = timezone.now()
+        lease.save(update_fields=["state", "closed_at"])
+
+    ids = [sample.pk for sample in created]
+    result.accepted.extend(
+        {"client_id": str(sample.client_id), "id": sample.pk} for sample in created
+    )
+    transaction.on_commit(lambda: queue_scoring(ids))
+    return result

@@ -1,0 +1,222 @@
+"""The dataset: prompt sets, prompts with their hidden gold, and samples.
+
+Gold (reference answers, hidden tests) sits in its own table so that no query that builds a
+contributor-facing response ever loads it by accident.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+DEFAULT_INSTRUCTION = (
+    "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+)
+
+
+class Domain(models.TextChoices):
+    MATH = "math", "Math"
+    CODE = "code", "Code"
+    MCQ = "mcq", "Multiple choice"
+    STRING = "string", "Short string answer"
+    GENERAL = "general", "General"
+
+
+def default_temperatures() -> list[float]:
+    return [0.6]
+
+
+class PromptSet(models.Model):
+    """A named collection of prompts and the sampling plan that says how to cover them."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    domain = models.CharField(max_length=16, choices=Domain.choices)
+    license = models.CharField(max_length=64, help_text="SPDX identifier, e.g. MIT or CC-BY-4.0.")
+    source = models.URLField(max_length=500, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Inactive sets are never leased.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # --- sampling plan (DeepSeek's recommended R1 sampling by default) ---
+    models_allowed = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Hugging Face ids or fnmatch patterns ("Qwen/Qwen3-*"). Empty: any model.',
+    )
+    temperatures = models.JSONField(default=default_temperatures)
+    samples_per_prompt = models.PositiveIntegerField(
+        default=4, help_text="Samples per prompt, per model, per temperature."
+    )
+    top_p = models.FloatField(default=0.95)
+    max_tokens = models.PositiveIntegerField(default=32768)
+    instruction_template = models.TextField(
+        blank=True,
+        help_text="Applied to the last user message; {prompt} stands for it. Empty: none.",
+    )
+    priority = models.IntegerField(default=0, help_text="Higher sets are leased first.")
+    lease_seconds = models.PositiveIntegerField(default=3600)
+    replication = models.PositiveSmallIntegerField(
+        default=1, help_text="How many times each slot's samples are collected (cross-checks)."
+    )
+    verifier_config = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-priority", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(domain__in=[d.value for d in Domain]), name="promptset_domain_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(replication__gte=1), name="promptset_replication_gte_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(samples_per_prompt__gte=1), name="promptset_samples_per_prompt_gte_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def admits_model(self, model_id: str) -> bool:
+        if not self.models_allowed:
+            return True
+        return any(fnmatch.fnmatchcase(model_id, pattern) for pattern in self.models_allowed)
+
+    @property
+    def slot_target(self) -> int:
+        return self.samples_per_prompt * self.replication
+
+    def render_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages a model is sent: the prompt's own, with the instruction template applied
+        to the last user message. The worker sends these as they are."""
+        if not self.instruction_template:
+            return messages
+        rendered = [dict(m) for m in messages]
+        for message in reversed(rendered):
+            if message.get("role") == "user":
+                message["content"] = self.instruction_template.replace(
+                    "{prompt}", str(message.get("content", ""))
+                )
+                break
+        return rendered
+
+
+class Prompt(models.Model):
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(help_text="Chat messages: [{role, content}, ...].")
+    text_hash = models.CharField(max_length=64, help_text="sha256 of the normalised text.")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt_set", "text_hash"], name="prompt_unique_text"),
+        ]
+        indexes = [models.Index(fields=["prompt_set", "external_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_set.name}/{self.external_id or self.pk}"
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(str(m.get("content", "")) for m in self.messages)
+
+
+class PromptGold(models.Model):
+    """Hidden reference for a prompt. Never serialised into a contributor-facing response."""
+
+    prompt = models.OneToOneField(Prompt, on_delete=models.CASCADE, related_name="gold")
+    answer = models.TextField(blank=True)
+    tests = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "prompt gold"
+
+    def __str__(self) -> str:
+        return f"gold for {self.prompt_id}"
+
+
+class SampleStatus(models.TextChoices):
+    RECEIVED = "received"
+    SCORING = "scoring"
+    VERIFIED = "verified"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+class Sample(models.Model):
+    """One generation uploaded by a contributor. Unique by the client's UUID."""
+
+    client_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="samples")
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="samples"
+    )
+    model = models.CharField(max_length=200)
+    model_revision = models.CharField(max_length=100, blank=True)
+    temperature = models.FloatField()
+    sampling = models.JSONField(default=dict)
+    completion = models.TextField()
+    reasoning = models.TextField(blank=True, help_text="Empty when the model did not split it out.")
+    finish_reason = models.CharField(max_length=32)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    generation_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Counted towards its slot's target (False: late or beyond what was asked, kept as extra).
+    counted = models.BooleanField(default=True)
+    status = models.CharField(
+        max_length=16, choices=SampleStatus.choices, default=SampleStatus.RECEIVED
+    )
+    status_reason = models.CharField(max_length=500, blank=True)
+    quarantined = models.BooleanField(default=False)
+    received_at = models.DateTimeField(auto_now_add=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "status_changed_at"]),
+            models.Index(fields=["prompt", "model", "temperature"]),
+            models.Index(fields=["contributor", "-received_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.client_id)
+
+
+class VerdictStatus(models.TextChoices):
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+class Verdict(models.Model):
+    """One verifier's judgement of one sample. Unique by (sample, verifier, version), so a
+    task that runs twice upserts instead of adding a second row."""
+
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="verdicts")
+    verifier = models.CharField(max_length=32)
+    version = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=VerdictStatus.choices)
+    score = models.FloatField(default=0.0)
+    details = models.JSONField(default=dict, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sample", "verifier", "version"], name="verdict_unique_per_version"
+            ),
+        ]
+        indexes = [models.Index(fields=["verifier", "version"])]
+
+    def __str__(self) -> str:
+        return f"{self.verifier} v{self.version}: {self.status}"

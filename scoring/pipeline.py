@@ -1,0 +1,145 @@
+"""Judging one sample: claim it, run the verifiers its prompt set calls for, record verdicts,
+settle its status.
+
+Safe to run twice, concurrently or after a crash: the claim is a conditional UPDATE, verdicts
+are upserted by (sample, verifier, version) and an up-to-date verdict is reused, and the final
+status is written only while the sample is still `scoring`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
+from scoring.verifiers.base import Candidate, Gold, Outcome, Status
+
+logger = logging.getLogger(__name__)
+
+# Errors of the database or the network, not of the sample: the task retries with back-off.
+InfrastructureError = (OperationalError, InterfaceError)
+
+OPEN_STATUSES = (SampleStatus.RECEIVED, SampleStatus.SCORING)
+
+
+def claim(*, sample_id: int, rescore: bool = False) -> bool:
+    """Moves the sample to `scoring`. A sample already `scoring` is claimed again: its first
+    task may have died with its worker, and running the verifiers twice is harmless."""
+    statuses = list(SampleStatus) if rescore else list(OPEN_STATUSES)
+    return bool(
+        Sample.objects.filter(pk=sample_id, status__in=statuses, quarantined=False).update(
+            status=SampleStatus.SCORING, status_changed_at=timezone.now()
+        )
+    )
+
+
+def candidate_for(sample: Sample) -> Candidate:
+    user_messages = [m for m in sample.prompt.messages if m.get("role") == "user"]
+    return Candidate(
+        completion=sample.completion,
+        reasoning=sample.reasoning or None,
+        finish_reason=sample.finish_reason,
+        prompt_text=str(user_messages[-1]["content"]) if user_messages else "",
+    )
+
+
+def gold_for(sample: Sample) -> Gold:
+    try:
+        gold = sample.prompt.gold
+    except PromptGold.DoesNotExist:
+        return Gold()
+    return Gold(answer=gold.answer or None, tests=gold.tests)
+
+
+def _run(
+    verifier: Any, candidate: Candidate, gold: Gold, config: dict[str, Any]
+) -> tuple[Outcome, int]:
+    started = time.perf_counter()
+    try:
+        outcome = verifier.verify(candidate, gold, config)
+    except Exception as exc:  # a broken verifier must never pass a sample
+        logger.exception("verifier %s crashed", verifier.name)
+        outcome = Outcome(Status.ERROR, 0.0, {"error": type(exc).__name__})
+    return outcome, int((time.perf_counter() - started) * 1000)
+
+
+def settle(verdicts: list[Verdict]) -> tuple[str, str]:
+    """The sample's status from its verdicts, and a reason its contributor may read
+    (verifier names and statuses only: details can hold the gold and stay server-side)."""
+    by_status: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        by_status.setdefault(verdict.status, []).append(verdict.verifier)
+    if by_status.get(VerdictStatus.ERROR):
+        return SampleStatus.ERROR, "verifier error: " + ", ".join(by_status[VerdictStatus.ERROR])
+    failed = by_status.get(VerdictStatus.FAIL, []) + by_status.get(VerdictStatus.TIMEOUT, [])
+    if failed:
+        parts = [f"{v.verifier}: {v.status}" for v in verdicts if v.verifier in failed]
+        return SampleStatus.REJECTED, "; ".join(parts)
+    if by_status.get(VerdictStatus.SKIPPED):
+        # Unjudgeable (e.g. the reference could not be parsed): never a pass.
+        return SampleStatus.ERROR, "could not be judged: " + ", ".join(
+            f"{name}: skipped" for name in by_status[VerdictStatus.SKIPPED]
+        )
+    return SampleStatus.VERIFIED, ""
+
+
+def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
+    if not claim(sample_id=sample_id, rescore=rescore):
+        return False
+    sample = Sample.objects.select_related("prompt__prompt_set").get(pk=sample_id)
+    prompt_set = sample.prompt.prompt_set
+    config = prompt_set.verifier_config or {}
+    candidate, gold = candidate_for(sample), gold_for(sample)
+    current = {(v.verifier, v.version): v for v in Verdict.objects.filter(sample_id=sample_id)}
+    # Imported here: the verifiers pull in math-verify and sympy, which the web process never needs.
+    from scoring.verifiers import verifiers_for
+
+    verdicts: list[Verdict] = []
+    for verifier in verifiers_for(prompt_set.domain, config):
+        existing = current.get((verifier.name, verifier.version))
+        if existing is not None and not rescore:
+            verdicts.append(existing)
+            continue
+        outcome, duration_ms = _run(verifier, candidate, gold, config)
+        verdict, _ = Verdict.objects.update_or_create(
+            sample_id=sample_id,
+            verifier=verifier.name,
+            version=verifier.version,
+            defaults={
+                "status": str(outcome.status),
+                "score": outcome.score,
+                "details": outcome.details,
+                "duration_ms": duration_ms,
+            },
+        )
+        verdicts.append(verdict)
+    status, reason = settle(verdicts)
+    with transaction.atomic():
+        Sample.objects.filter(pk=sample_id, status=SampleStatus.SCORING).update(
+            status=status, status_reason=reason[:500], status_changed_at=timezone.now()
+        )
+    return True
+
+
+def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
+    """Samples left before a verdict for too long (a lost message, a dead worker). Their clock
+    is reset so that the next sweep does not queue them again while this one runs."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
+    ids = list(
+        Sample.objects.filter(
+            status__in=OPEN_STATUSES, status_changed_at__lt=cutoff, quarantined=False
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if ids:
+        Sample.objects.filter(Q(pk__in=ids), status__in=OPEN_STATUSES).update(status_changed_at=now)
+    return ids

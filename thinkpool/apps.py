@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ThinkpoolConfig(AppConfig):
+    name = "thinkpool"
+    verbose_name = "Thinkpool"
