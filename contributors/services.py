@@ -35,6 +35,7 @@ from scoring.tasks import queue_scoring
 
 logger = logging.getLogger(__name__)
 
+
 class ServiceError(Exception):
     """A request that is well-formed but not allowed now. `code` is machine-readable."""
 

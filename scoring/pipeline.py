@@ -28,6 +28,10 @@ InfrastructureError = (OperationalError, InterfaceError)
 
 OPEN_STATUSES = (SampleStatus.RECEIVED, SampleStatus.SCORING)
 
+# The verifiers that judge whether the answer is right. If one of them cannot judge, the
+# sample cannot be verified.
+CORRECTNESS_VERIFIERS = frozenset({"math", "code", "mcq", "string"})
+
 
 def claim(*, sample_id: int, rescore: bool = False) -> bool:
     """Moves the sample to `scoring`. A sample already `scoring` is claimed again: its first
@@ -82,15 +86,19 @@ def settle(verdicts: list[Verdict]) -> tuple[str, str]:
     if failed:
         parts = [f"{v.verifier}: {v.status}" for v in verdicts if v.verifier in failed]
         return SampleStatus.REJECTED, "; ".join(parts)
-    if by_status.get(VerdictStatus.SKIPPED):
-        # Unjudgeable (e.g. the reference could not be parsed): never a pass.
+    unjudged = [n for n in by_status.get(VerdictStatus.SKIPPED, []) if n in CORRECTNESS_VERIFIERS]
+    if unjudged:
+        # Correctness could not be judged (e.g. the reference does not parse): never a pass.
+        # A skipped side check (language of a very short prompt, say) does not block.
         return SampleStatus.ERROR, "could not be judged: " + ", ".join(
-            f"{name}: skipped" for name in by_status[VerdictStatus.SKIPPED]
+            f"{name}: skipped" for name in unjudged
         )
     return SampleStatus.VERIFIED, ""
 
 
 def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
+    """Judges one sample. With `rescore`, a sample already settled is judged again: verdicts
+    at a verifier's current version are kept, older or missing ones are (re)computed."""
     if not claim(sample_id=sample_id, rescore=rescore):
         return False
     sample = Sample.objects.select_related("prompt__prompt_set").get(pk=sample_id)
@@ -104,7 +112,7 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
     verdicts: list[Verdict] = []
     for verifier in verifiers_for(prompt_set.domain, config):
         existing = current.get((verifier.name, verifier.version))
-        if existing is not None and not rescore:
+        if existing is not None:
             verdicts.append(existing)
             continue
         outcome, duration_ms = _run(verifier, candidate, gold, config)

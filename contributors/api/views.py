@@ -124,17 +124,19 @@ def _validate_samples(
     """Validates each sample on its own: one bad sample is rejected with its reasons, the rest
     go on."""
     valid: list[services.SampleIn] = []
+    # One serializer for the whole batch, as DRF's ListSerializer does: building one per item
+    # deep-copies its fields each time.
+    validator = serializer_class()
     for raw in raw_samples:
         client_id = raw.get("client_id") if isinstance(raw, dict) else None
         if not isinstance(raw, dict):
             result.reject(client_id, "invalid", "Each sample must be a JSON object.")
             continue
-        incoming = serializer_class(data=raw)
-        if not incoming.is_valid():
-            fields = ValidationError(incoming.errors).get_full_details()
-            result.reject(client_id, "invalid", "The sample is not valid.", fields)
+        try:
+            data: dict[str, Any] = dict(validator.run_validation(raw))
+        except ValidationError as exc:
+            result.reject(client_id, "invalid", "The sample is not valid.", exc.get_full_details())
             continue
-        data: dict[str, Any] = dict(incoming.validated_data)
         valid.append(services.SampleIn(**data))
     return valid
 

@@ -145,7 +145,7 @@ def test_releasing_an_expired_lease_is_a_conflict(api, lease):
     [
         ({"client_id": "not-a-uuid"}, "client_id"),
         ({"completion": 42}, "completion"),
-        ({"completion": ""}, "completion"),
+        ({"completion": None}, "completion"),
         ({"completion": "nul\x00byte"}, "completion"),
         ({"completion": "lone \ud800 surrogate"}, "completion"),
         ({"reasoning": "nul\x00"}, "reasoning"),

@@ -63,9 +63,9 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, what: str = "
 
 
 def _reset_broker_connections() -> None:
-    # The app caches a connection pool and a producer pool built from the old options.
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # The app caches a connection pool and a producer pool built from the old options. They
+    # are dropped, not closed: kombu keeps pools in a global registry keyed by connection, and
+    # a closed pool left there would be handed out again.
     app._pool = None
     app.amqp._producer_pool = None
 

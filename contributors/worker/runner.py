@@ -1,0 +1,445 @@
+"""The run loop: recover, lease, generate, journal, upload, repeat.
+
+Threads, not asyncio: generation calls block (HTTP to the model server, or torch in-process),
+httpx's sync client is thread-safe, and signal handling stays in the main thread, which only
+schedules work and waits.
+
+Order of safety: a sample is committed to the journal as soon as its generation returns, before
+anything else happens to it; uploads read from the journal. So a crash loses at most generations
+still in flight, and a restart re-sends whatever was not acknowledged (same client_id: the server
+answers "duplicate" for any it already stored).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .backends import Backend, Generation, GenRequest
+from .display import Progress
+from .errors import ApiError, AuthError, BackendError, ServerUnreachable, WorkerError
+from .journal import Journal, JournalSample, new_client_id
+from .net import RetryPolicy, ServerClient
+from .uploader import Uploader
+
+log = logging.getLogger("thinkpool.worker")
+
+
+@dataclass
+class RunOptions:
+    once: bool = False  # exit when the server has no work, instead of polling
+    max_batches: int | None = None  # stop after this many leases
+    concurrency: int = 4
+    max_prompts: int = 16
+    poll_min_s: float = 5.0
+    poll_max_s: float = 300.0
+    heartbeat_interval_s: float = 30.0
+    upload_interval_s: float = 2.0
+    retry_cap_s: float = 60.0
+    # Don't start an item unless its estimated time, times this, fits before the deadline.
+    deadline_safety: float = 1.5
+    deadline_margin_s: float = 5.0
+    # After a graceful stop, how long to keep trying to upload before leaving it to next start.
+    final_upload_budget_s: float = 60.0
+
+
+class Stopper:
+    """Graceful stop (first Ctrl-C / SIGTERM): finish in-flight work, upload, release, exit."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+
+class ItemTimer:
+    """Exponentially weighted mean of seconds per item, to decide what fits before a deadline."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha = alpha
+        self.mean_s: float | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float, items: int) -> None:
+        per_item = seconds / max(1, items)
+        with self._lock:
+            if self.mean_s is None:
+                self.mean_s = per_item
+            else:
+                self.mean_s = self.alpha * per_item + (1 - self.alpha) * self.mean_s
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """A lease deadline (ISO 8601) as a Unix timestamp."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        server: ServerClient,
+        backend: Backend,
+        journal: Journal,
+        node_id: str,
+        model: str,
+        options: RunOptions,
+        progress: Progress | None = None,
+        stopper: Stopper | None = None,
+    ) -> None:
+        self.server = server
+        self.backend = backend
+        self.journal = journal
+        self.node_id = node_id
+        self.model = model
+        self.opts = options
+        self.progress = progress or Progress()
+        self.stopper = stopper or Stopper()
+        self.timer = ItemTimer()
+        self.fatal: WorkerError | None = None
+        self._wake_uploader = threading.Event()
+        self._lease_lock = threading.Lock()
+        self._lease: dict[str, Any] | None = None
+        self._deadline: float | None = None
+        # While running: retry forever (server down for hours is fine), but give up the moment
+        # a stop is requested, and wait on the stop event so Ctrl-C interrupts a long back-off.
+        self.live_policy = RetryPolicy(
+            cap_s=options.retry_cap_s,
+            abort=lambda: self.stopper.stopping,
+            sleep=self.stopper.event.wait,
+        )
+        self.uploader = Uploader(server, journal, policy=self.live_policy)
+
+    # --- top level -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.progress.status = "recovering"
+        self.recover()
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self._lease_loop()
+        finally:
+            self.stopper.stop(self.stopper.reason or "done")
+            self._wake_uploader.set()
+            for t in threads:
+                t.join(timeout=5)
+            self._final_flush()
+            self.progress.status = "stopped"
+        if self.fatal is not None:
+            raise self.fatal
+        return 0
+
+    def recover(self) -> None:
+        """Before leasing anything new: upload what a previous run left, release its leases."""
+        pending = self.journal.counts()["pending"]
+        if pending:
+            log.info("uploading %d samples left by a previous run", pending, extra=_ev("recover"))
+        self._flush(self.live_policy)
+        for lease in self.journal.open_leases():
+            lease_id = str(lease["id"])
+            try:
+                self.server.release_lease(lease_id, policy=self.live_policy)
+                log.info("released lease %s left open by a previous run", lease_id)
+            except ApiError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                log.debug("lease %s: %s", lease_id, exc)  # done or expired already
+            self.journal.close_lease(lease_id)
+
+    def _lease_loop(self) -> None:
+        batches = 0
+        poll = self.opts.poll_min_s
+        while not self.stopper.stopping and self.fatal is None:
+            if self.opts.max_batches is not None and batches >= self.opts.max_batches:
+                log.info("done: %d leases processed (--max-batches)", batches)
+                return
+            self.progress.status = "leasing"
+            try:
+                lease = self.server.lease(
+                    self.node_id, self.model, self.opts.max_prompts, policy=self.live_policy
+                )
+            except ServerUnreachable:
+                if self.stopper.stopping:
+                    return
+                raise
+            if lease is None or not lease.get("items"):
+                if self.opts.once:
+                    log.info("the server has no work for %s; exiting (--once)", self.model)
+                    return
+                self.progress.status = f"no work; polling again in {poll:.0f}s"
+                log.info("no work for %s; polling again in %.0fs", self.model, poll)
+                self.stopper.event.wait(poll)
+                poll = min(poll * 2, self.opts.poll_max_s)
+                continue
+            poll = self.opts.poll_min_s
+            self.process_lease(lease)
+            batches += 1
+
+    # --- one lease -------------------------------------------------------------------------
+
+    def process_lease(self, lease: dict[str, Any]) -> None:
+        lease_id = str(lease["id"])
+        items: list[dict[str, Any]] = list(lease["items"])
+        self.journal.add_lease(lease, self.node_id)
+        with self._lease_lock:
+            self._lease = lease
+            self._deadline = parse_deadline(lease.get("deadline"))
+        self.progress.add(items_leased=len(items))
+        self.progress.deadline = lease.get("deadline")
+        self.progress.status = f"generating (lease {lease_id})"
+        log.info(
+            "lease %s: %d items, deadline %s",
+            lease_id,
+            len(items),
+            lease.get("deadline"),
+            extra=_ev("lease", lease=lease_id, items=len(items), deadline=lease.get("deadline")),
+        )
+
+        size = max(1, self.backend.batch_size)
+        queue = deque(items[i : i + size] for i in range(0, len(items), size))
+        parallel = max(1, min(self.opts.concurrency, self.backend.max_parallel))
+        in_flight: dict[Future[None], list[dict[str, Any]]] = {}
+        unfinished = 0
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="generate") as pool:
+            while queue or in_flight:
+                while queue and len(in_flight) < parallel and not self._should_stop_starting():
+                    unit = queue[0]
+                    if not self._fits_before_deadline(len(unit)):
+                        log.warning(
+                            "lease %s: %d items can't finish before the deadline; releasing them",
+                            lease_id,
+                            sum(len(u) for u in queue),
+                        )
+                        break
+                    queue.popleft()
+                    in_flight[pool.submit(self._generate_unit, lease_id, unit)] = unit
+                if queue and (self._should_stop_starting() or not in_flight):
+                    # Stopping, or nothing runs and the next item doesn't fit: leave the rest.
+                    unfinished += sum(len(u) for u in queue)
+                    queue.clear()
+                if not in_flight:
+                    break
+                done, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    unit = in_flight.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        unfinished += len(unit)
+                        self._on_generation_error(exc)
+        self._wake_uploader.set()
+        self._flush(self.live_policy)
+        if unfinished:
+            self._release(lease_id, unfinished)
+        self.journal.close_lease(lease_id)
+        with self._lease_lock:
+            self._lease = None
+            self._deadline = None
+
+    def _should_stop_starting(self) -> bool:
+        return self.stopper.stopping or self.fatal is not None
+
+    def _fits_before_deadline(self, items: int) -> bool:
+        with self._lease_lock:
+            deadline = self._deadline
+        mean = self.timer.mean_s
+        if deadline is None or mean is None:
+            return True  # nothing observed yet: try, and learn
+        needed = mean * items * self.opts.deadline_safety + self.opts.deadline_margin_s
+        return time.time() + needed <= deadline
+
+    def _on_generation_error(self, exc: BaseException) -> None:
+        if isinstance(exc, WorkerError):
+            log.error("generation failed: %s", exc, extra=_ev("generation_error"))
+            if isinstance(exc, BackendError) and self.fatal is None:
+                # The model server is gone or doesn't serve the model: more items won't help.
+                self.fatal = exc
+        else:
+            log.exception("generation failed unexpectedly", exc_info=exc)
+            self.fatal = WorkerError(f"generation failed unexpectedly: {exc!r}")
+
+    def _release(self, lease_id: str, unfinished: int) -> None:
+        try:
+            answer = self.server.release_lease(lease_id, policy=self._final_policy())
+            log.info(
+                "released %s unstarted items of lease %s",
+                answer.get("released", unfinished),
+                lease_id,
+                extra=_ev("release", lease=lease_id),
+            )
+        except (ApiError, ServerUnreachable) as exc:
+            if isinstance(exc, AuthError):
+                raise
+            log.warning("could not release lease %s (%s); it will expire", lease_id, exc)
+
+    def _generate_unit(self, lease_id: str, unit: list[dict[str, Any]]) -> None:
+        requests = [_request_for(item) for item in unit]
+        got = [0] * len(unit)
+
+        def on_result(i: int, gens: list[Generation]) -> None:
+            self.record(lease_id, unit[i], requests[i], gens)
+            got[i] += len(gens)
+
+        started = time.perf_counter()
+        self.backend.generate_batch(requests, on_result)
+        self.timer.observe(time.perf_counter() - started, len(unit))
+        short = [unit[i]["id"] for i, r in enumerate(requests) if got[i] < r.n]
+        if short:
+            log.warning("items %s got fewer samples than asked", short)
+        self.progress.add(items_done=len(unit))
+
+    def record(
+        self, lease_id: str | None, item: dict[str, Any], req: GenRequest, gens: list[Generation]
+    ) -> list[JournalSample]:
+        """Journal one item's generations (one durable transaction)."""
+        prompt = item.get("prompt") or {}
+        prompt_id = prompt.get("id") if isinstance(prompt, dict) else prompt
+        samples = [
+            JournalSample(
+                client_id=new_client_id(),
+                lease_id=lease_id,
+                item_id=None if item.get("id") is None else str(item["id"]),
+                prompt_id=None if prompt_id is None else str(prompt_id),
+                payload=sample_payload(self.model, item.get("sampling") or {}, req, g),
+            )
+            for g in gens
+        ]
+        self.journal.record(samples)
+        self.progress.add(samples=len(gens), tokens=sum(g.completion_tokens or 0 for g in gens))
+        self._wake_uploader.set()
+        return samples
+
+    # --- background ------------------------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        while not self.stopper.stopping and self.fatal is None:
+            self._wake_uploader.wait(self.opts.upload_interval_s)
+            self._wake_uploader.clear()
+            if self.stopper.stopping:
+                return
+            self._flush(self.live_policy)
+
+    def _flush(self, policy: RetryPolicy) -> None:
+        self.uploader.policy = policy
+        try:
+            self.uploader.flush()
+        except AuthError as exc:
+            self.fatal = exc
+            self.stopper.stop("auth")
+        except ServerUnreachable as exc:
+            log.warning("upload postponed: %s", exc)
+        finally:
+            stats = self.uploader.stats
+            self.progress.accepted = stats.accepted
+            self.progress.duplicates = stats.duplicates
+            self.progress.rejected = stats.rejected
+
+    def _final_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            cap_s=min(self.opts.retry_cap_s, 10.0), max_elapsed_s=self.opts.final_upload_budget_s
+        )
+
+    def _final_flush(self) -> None:
+        if isinstance(self.fatal, AuthError):
+            return
+        self._flush(self._final_policy())
+        left = self.journal.counts()["pending"]
+        if left:
+            log.warning(
+                "%d samples are still waiting in the journal; they go up on the next start", left
+            )
+
+    def _heartbeat_loop(self) -> None:
+        once = RetryPolicy(max_attempts=1)
+        while not self.stopper.event.wait(self.opts.heartbeat_interval_s):
+            try:
+                answer = self.server.heartbeat(self.node_id, policy=once)
+                if answer.get("leases_extended"):
+                    self._refresh_deadline(once)
+            except AuthError as exc:
+                log.error("heartbeat refused: %s", exc)
+            except (ApiError, ServerUnreachable) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _refresh_deadline(self, policy: RetryPolicy) -> None:
+        with self._lease_lock:
+            lease = self._lease
+        if lease is None:
+            return
+        fresh = self.server.get_lease(str(lease["id"]), policy=policy)
+        deadline = parse_deadline(fresh.get("deadline"))
+        with self._lease_lock:
+            if self._lease is lease and deadline is not None:
+                self._deadline = deadline
+                self.progress.deadline = fresh.get("deadline")
+
+
+def _request_for(item: dict[str, Any]) -> GenRequest:
+    sampling = item.get("sampling") or {}
+    prompt = item.get("prompt") or {}
+    return GenRequest(
+        messages=prompt["messages"],
+        temperature=float(sampling.get("temperature", 1.0)),
+        top_p=float(sampling.get("top_p", 1.0)),
+        max_tokens=int(sampling.get("max_tokens", 1024)),
+        n=int(sampling.get("n", 1)),
+    )
+
+
+def sample_payload(
+    model: str, asked: dict[str, Any], req: GenRequest, g: Generation
+) -> dict[str, Any]:
+    """The upload body of one sample, minus client_id and item/prompt.
+
+    ``model`` is the model as Thinkpool names it (what the lease was for); when the backend
+    reports a different id (an Ollama tag, a local path), that exact id is kept in
+    ``sampling.backend_model`` so provenance loses nothing.
+    """
+    sampling: dict[str, Any] = {
+        **asked,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_tokens": req.max_tokens,
+        "n": req.n,
+    }
+    if g.model and g.model != model:
+        sampling["backend_model"] = g.model
+    sampling.update(g.extra)
+    return {
+        "completion": g.completion,
+        "reasoning": g.reasoning,
+        "model": model,
+        "model_revision": g.model_revision,
+        "sampling": sampling,
+        "finish_reason": g.finish_reason,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "generation_ms": g.generation_ms,
+    }
+
+
+def _ev(event: str, **fields: Any) -> dict[str, Any]:
+    return {"event": event, "fields": fields}

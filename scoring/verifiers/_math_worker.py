@@ -1,0 +1,176 @@
+"""math-verify in a child process: the hard time limit for the math verifier.
+
+Run as a script (`python _math_worker.py`), it reads one JSON request per line on stdin and
+writes one JSON reply per line on stdout. It imports nothing from the project, so it starts the
+same from a Celery child, a test or a benchmark.
+
+Why a process: math-verify's own timeouts use SIGALRM, which only works in the main thread, and
+no signal can interrupt sympy while it is inside one long C call (a huge integer power, say).
+Here math-verify runs with its timeouts off; the worker keeps a soft limit of its own
+(setitimer: the worker runs in its own main thread, so that always works), and the parent kills
+the worker outright when even that does not answer in time.
+
+Requests:  {"op": "gold", "gold": str}
+           {"op": "verify", "gold": str, "answer": str, "timeout": float}
+Replies:   {"status": "ok" | "pass" | "fail" | "gold_unparsable" | "answer_unparsable"
+                      | "timeout" | "error", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import signal
+import sys
+from functools import lru_cache
+from typing import Any
+
+# math-verify warns once per process that its timeout is off: we know, we enforce our own.
+logging.disable(logging.WARNING)
+
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig  # noqa: E402
+from math_verify import LatexExtractionConfig, parse, verify  # noqa: E402
+
+# equations=True keeps `3x+4y+14=0` an equation instead of reducing it to its right side `0`
+# (math-verify #60); malformed_operators repairs `\frac12`; units drops `\text{ cm}`.
+EXTRACTION = [
+    LatexExtractionConfig(
+        normalization_config=NormalizationConfig(
+            basic_latex=True,
+            units=True,
+            malformed_operators=True,
+            nits=True,
+            boxed="all",
+            equations=True,
+        ),
+        boxed_match_priority=0,
+        try_extract_without_anchor=False,
+    )
+]
+
+
+class SoftTimeout(BaseException):
+    # BaseException: math-verify and latex2sympy catch Exception and would turn a timeout into
+    # an ordinary "not equal".
+    pass
+
+
+_fired = False
+
+
+def _alarm(_signum: int, _frame: Any) -> None:
+    global _fired
+    _fired = True  # remembered even if some bare `except:` swallows the exception
+    raise SoftTimeout
+
+
+def boxed(text: str) -> str:
+    """Gold and extracted answers are bare LaTeX: box them so math-verify takes all of it."""
+    t = text.strip()
+    if "\\boxed" in t:
+        return t
+    if t.startswith("$") and t.endswith("$"):
+        t = t.strip("$")
+    return "\\boxed{" + t + "}"
+
+
+def mv_parse(text: str) -> list[Any]:
+    return parse(boxed(text), extraction_config=EXTRACTION, parsing_timeout=None)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4096)
+def parse_gold(gold: str) -> tuple[Any, ...]:
+    # Gold repeats across every sample of a prompt: parse it once. Tuples keep the cache safe
+    # from callers that mutate lists.
+    return tuple(mv_parse(gold))
+
+
+@lru_cache(maxsize=4096)
+def parse_answer(answer: str) -> tuple[Any, ...]:
+    # Samples of one prompt often end in the same answer string (right or wrong).
+    return tuple(mv_parse(answer))
+
+
+def _tiny_value_false_positive(gold: list[Any], answer: list[Any]) -> bool:
+    """math-verify #14: 1/2004! == 1/2006! because both evaluate to 0.0 at 15 digits.
+
+    When gold and answer are both exact constants (no free symbols, no floats) that differ by a
+    relative 1e-9 at 60 digits, the pass is a rounding artefact.
+    """
+    import sympy
+
+    g, a = gold[0], answer[0]
+    if not (isinstance(g, sympy.Expr) and isinstance(a, sympy.Expr)):
+        return False
+    if g.free_symbols or a.free_symbols or g.has(sympy.Float) or a.has(sympy.Float):
+        return False
+    if not (g.is_number and a.is_number):
+        return False
+    gv, av = sympy.N(g, 60), sympy.N(a, 60)
+    if not (gv.is_real and av.is_real):
+        return False
+    scale = max(abs(gv), abs(av))
+    return bool(scale != 0 and abs(gv - av) / scale > sympy.Float("1e-9"))
+
+
+def handle(req: dict[str, Any]) -> dict[str, Any]:
+    if req["op"] == "_test_stuck":
+        # For the test of the parent's hard kill: stuck where SIGALRM cannot reach, as in a
+        # long C call.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        import time
+
+        time.sleep(float(req.get("seconds", 60)))
+        return {"status": "error"}
+    if req["op"] == "cache_info":
+        info = parse_gold.cache_info()
+        return {"status": "ok", "hits": info.hits, "misses": info.misses, "size": info.currsize}
+    gold = parse_gold(req["gold"])
+    if not gold:
+        return {"status": "gold_unparsable"}
+    if req["op"] == "gold":
+        return {"status": "ok", "gold": str(gold[0])[:200]}
+    answer = list(parse_answer(req["answer"]))
+    if not answer:
+        return {"status": "answer_unparsable", "gold": str(gold[0])[:200]}
+    ok = verify(list(gold), answer, timeout_seconds=None)  # type: ignore[arg-type]
+    reply: dict[str, Any] = {"gold": str(gold[0])[:200], "answer": str(answer[0])[:200]}
+    if ok and _tiny_value_false_positive(list(gold), answer):
+        reply["guard"] = "tiny_value"
+        ok = False
+    reply["status"] = "pass" if ok else "fail"
+    return reply
+
+
+def main() -> None:
+    memory = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    if memory > 0:
+        # A runaway sympy expansion becomes a MemoryError here, not an OOM of the host.
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    signal.signal(signal.SIGALRM, _alarm)
+    out = sys.stdout
+    out.write('{"status": "ready"}\n')
+    out.flush()
+    global _fired
+    for line in sys.stdin:
+        _fired = False
+        try:
+            req = json.loads(line)
+            signal.setitimer(signal.ITIMER_REAL, float(req.get("timeout") or 0))
+            try:
+                reply = handle(req)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except SoftTimeout:
+            reply = {"status": "timeout"}
+        except Exception as exc:
+            reply = {"status": "error", "error": type(exc).__name__, "message": str(exc)[:300]}
+        if _fired:
+            reply = {"status": "timeout"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The scoring pipeline, called directly (the e2e tests run it through a real worker)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from typing import Any, ClassVar
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from scoring import pipeline
+from scoring.models import PromptGold, Sample, SampleStatus, Verdict
+from scoring.verifiers import REGISTRY
+from scoring.verifiers.base import Outcome, Status
+from tests.factories import PromptFactory, PromptSetFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+GOOD = (
+    "<think>We need six times seven. Six groups of seven make forty-two, and checking with "
+    "seven groups of six gives the same product, so the result is 42.</think> "
+    "So the answer is \\boxed{42}."
+)
+
+
+def make_sample(*, completion: str = GOOD, gold: str = "42", **fields: Any) -> Sample:
+    prompt = PromptFactory(
+        prompt_set=fields.pop("prompt_set", None) or PromptSetFactory(),
+        messages=[
+            {
+                "role": "user",
+                "content": "Please compute six times seven, and explain how you got it.",
+            }
+        ],
+        gold=gold,
+    )
+    return Sample.objects.create(
+        prompt=prompt,
+        contributor=UserFactory(),
+        model="m",
+        temperature=0.6,
+        completion=completion,
+        finish_reason=fields.pop("finish_reason", "stop"),
+        **fields,
+    )
+
+
+def verdicts(sample: Sample) -> dict[str, str]:
+    return dict(Verdict.objects.filter(sample=sample).values_list("verifier", "status"))
+
+
+def test_a_right_answer_is_verified_with_a_verdict_per_verifier():
+    sample = make_sample()
+    assert pipeline.score_sample(sample_id=sample.pk) is True
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.VERIFIED and sample.status_reason == ""
+    assert verdicts(sample) == {
+        "format": "pass",
+        "math": "pass",
+        "language": "pass",
+        "repetition": "pass",
+        "truncation": "pass",
+    }
+    assert set(Verdict.objects.filter(sample=sample).values_list("version", flat=True)) == {1}
+
+
+def test_a_wrong_answer_is_rejected_with_a_reason_that_hides_the_gold():
+    sample = make_sample(completion="<think>6 times 7 is 41.</think> \\boxed{41}", gold="42")
+    pipeline.score_sample(sample_id=sample.pk)
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.REJECTED
+    assert sample.status_reason == "math: fail"
+    assert "42" not in sample.status_reason
+
+
+def test_truncated_generation_is_rejected():
+    sample = make_sample(completion="", reasoning="6 times 7 is", finish_reason="length")
+    pipeline.score_sample(sample_id=sample.pk)
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.REJECTED
+    assert "truncation: fail" in sample.status_reason
+
+
+def test_unparsable_gold_is_never_a_pass():
+    sample = make_sample(gold="\\boxed{")
+    pipeline.score_sample(sample_id=sample.pk)
+    sample.refresh_from_db()
+    assert verdicts(sample)["math"] == "skipped"
+    assert sample.status == SampleStatus.ERROR
+    assert sample.status_reason == "could not be judged: math: skipped"
+
+
+def test_a_crashing_verifier_makes_an_error_never_a_pass(monkeypatch):
+    class Broken:
+        name: ClassVar[str] = "math"
+        version: ClassVar[int] = 99
+
+        def verify(self, candidate: Any, gold: Any, config: Any) -> Outcome:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr("scoring.verifiers.verifiers_for", lambda domain, config: [Broken()])
+    sample = make_sample()
+    pipeline.score_sample(sample_id=sample.pk)
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.ERROR
+    assert Verdict.objects.get(sample=sample).details == {"error": "RuntimeError"}
+
+
+def test_scoring_twice_keeps_one_verdict_per_verifier_and_version():
+    sample = make_sample()
+    pipeline.score_sample(sample_id=sample.pk)
+    first = list(Verdict.objects.filter(sample=sample).order_by("pk").values_list("pk", "status"))
+    # A redelivered task: the sample is settled, so the claim fails and nothing changes.
+    assert pipeline.score_sample(sample_id=sample.pk) is False
+    # A task that died after the claim: the sample is still `scoring`; running again reuses.
+    Sample.objects.filter(pk=sample.pk).update(status=SampleStatus.SCORING)
+    assert pipeline.score_sample(sample_id=sample.pk) is True
+    assert (
+        list(Verdict.objects.filter(sample=sample).order_by("pk").values_list("pk", "status"))
+        == first
+    )
+
+
+def test_quarantined_samples_are_not_scored():
+    sample = make_sample(quarantined=True)
+    assert pipeline.score_sample(sample_id=sample.pk) is False
+    assert Verdict.objects.count() == 0
+
+
+def test_sweeper_finds_samples_stuck_before_a_verdict_and_resets_their_clock(settings):
+    settings.THINKPOOL = {**settings.THINKPOOL, "SWEEP_AFTER_S": 60}
+    old = timezone.now() - timedelta(minutes=5)
+    stuck_received = make_sample()
+    stuck_scoring = make_sample(status=SampleStatus.SCORING)
+    fresh = make_sample()
+    done = make_sample(status=SampleStatus.VERIFIED)
+    Sample.objects.exclude(pk=fresh.pk).update(status_changed_at=old)
+    assert pipeline.stuck_sample_ids() == [stuck_received.pk, stuck_scoring.pk]
+    assert pipeline.stuck_sample_ids() == []  # clock reset: the next sweep leaves them alone
+    assert Sample.objects.get(pk=done.pk).status == SampleStatus.VERIFIED
+
+
+def test_rescore_rejudges_only_what_a_new_version_changed(monkeypatch):
+    prompt_set = PromptSetFactory(name="rescore-me")
+    sample = make_sample(prompt_set=prompt_set)
+    pipeline.score_sample(sample_id=sample.pk)
+    before = dict(Verdict.objects.filter(sample=sample).values_list("verifier", "pk"))
+
+    monkeypatch.setattr(type(REGISTRY["math"]), "version", 2)
+    out = StringIO()
+    call_command("rescore", "--set", "rescore-me", stdout=out)
+    assert "rescore-me: 1 samples to judge again" in out.getvalue()
+    after = Verdict.objects.filter(sample=sample)
+    assert set(after.filter(verifier="math").values_list("version", flat=True)) == {1, 2}
+    unchanged = dict(after.exclude(verifier="math").values_list("verifier", "pk"))
+    assert unchanged == {k: v for k, v in before.items() if k != "math"}
+    assert Sample.objects.get(pk=sample.pk).status == SampleStatus.VERIFIED
+    out = StringIO()
+    call_command("rescore", "--set", "rescore-me", stdout=out)
+    assert "rescore-me: 0 samples" in out.getvalue()
+
+
+def test_code_samples_are_judged_in_the_sandbox():
+    prompt_set = PromptSetFactory(domain="code")
+    prompt = PromptFactory(prompt_set=prompt_set, gold="")
+    PromptGold.objects.filter(prompt=prompt).update(
+        tests={
+            "test": "def check(candidate):\n    assert candidate(2) == 4\n",
+            "entry_point": "double",
+        }
+    )
+    good = Sample.objects.create(
+        prompt=prompt,
+        contributor=UserFactory(),
+        model="m",
+        temperature=0.6,
+        finish_reason="stop",
+        completion="<think>Times two.</think>\n```python\ndef double(x):\n    return 2 * x\n```",
+    )
+    bad = Sample.objects.create(
+        prompt=prompt,
+        contributor=good.contributor,
+        model="m",
+        temperature=0.6,
+        finish_reason="stop",
+        completion="<think>Add one.</think>\n```python\ndef double(x):\n    return x + 1\n```",
+    )
+    for sample in (good, bad):
+        pipeline.score_sample(sample_id=sample.pk)
+    assert Sample.objects.get(pk=good.pk).status == SampleStatus.VERIFIED
+    assert Sample.objects.get(pk=bad.pk).status == SampleStatus.REJECTED
+    assert Sample.objects.get(pk=bad.pk).status_reason == "code: fail"
+    assert Verdict.objects.get(sample=bad, verifier="code").status == Status.FAIL
