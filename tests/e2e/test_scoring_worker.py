@@ -149,3 +149,45 @@ def test_the_sweeper_queues_samples_whose_message_was_lost(start_worker):
         timeout=90,
         what="the swept sample to be judged",
     )
+
+
+def test_separate_workers_per_queue_judge_math_and_code(start_worker):
+    user = UserFactory(username="queues")
+    api, node = client_for(user), NodeFactory(owner=user)
+    PromptFactory(
+        prompt_set=PromptSetFactory(samples_per_prompt=1, priority=2), messages=PROMPT, gold="42"
+    )
+    code_set = PromptSetFactory(domain="code", samples_per_prompt=1, priority=1)
+    code_prompt = PromptFactory(
+        prompt_set=code_set, messages=[{"role": "user", "content": "Write double(x)."}]
+    )
+    PromptGold.objects.filter(prompt=code_prompt).update(
+        answer="", tests=[{"input": "3\n", "output": "6\n"}]
+    )
+    verify_worker = start_worker(queues="verify")
+    sandbox_worker = start_worker(queues="sandbox")
+
+    [math_id] = upload(api, node, completions=[REASONING.format(n=42) + "\\boxed{42}"])
+    [code_id] = upload(
+        api,
+        node,
+        completions=[
+            "<think>Read x, print twice x.</think>\n```python\nprint(2 * int(input()))\n```"
+        ],
+    )
+
+    wait_for(
+        lambda: (
+            set(Sample.objects.filter(pk__in=[math_id, code_id]).values_list("status", flat=True))
+            == {SampleStatus.VERIFIED}
+        ),
+        timeout=120,
+        what="both queues' workers to verify their samples",
+    )
+    assert Verdict.objects.get(sample_id=code_id, verifier="code").status == "pass"
+    assert not Verdict.objects.filter(sample_id=math_id, verifier="code").exists()
+    # Each sample went to its own queue's worker ("Task <name>[<id>] received" in its log).
+    assert "Task scoring.score_code_samples[" in sandbox_worker.output()
+    assert "Task scoring.score_code_samples[" not in verify_worker.output()
+    assert "Task scoring.score_samples[" in verify_worker.output()
+    assert "Task scoring.score_samples[" not in sandbox_worker.output()
