@@ -335,6 +335,24 @@ class IngestResult:
         self.rejected.append({"client_id": shown, "error": error})
 
 
+_Pending = list[tuple[SampleIn, Sample, LeaseItem | None]]
+
+
+def _within_quota(user: Any, to_store: _Pending, result: IngestResult) -> _Pending:
+    """Keeps what fits in the contributor's daily quota (if they have one); rejects the rest."""
+    profile = getattr(user, "profile", None)
+    quota = profile.quota_samples_per_day if profile is not None else None
+    if quota is None:
+        return to_store
+    since = timezone.now() - timedelta(days=1)
+    room = max(quota - Sample.objects.filter(contributor=user, received_at__gte=since).count(), 0)
+    for s, _, _ in to_store[room:]:
+        result.reject(
+            s.client_id, "quota_exceeded", f"This account may upload {quota} samples a day."
+        )
+    return to_store[:room]
+
+
 def _temperature_matches(sampling: dict[str, Any], temperature: float) -> bool:
     value = sampling.get("temperature")
     return isinstance(value, int | float) and abs(float(value) - temperature) < 1e-6
@@ -417,7 +435,7 @@ def ingest_samples(
     }
     slot_by_key = {(s.prompt_id, s.model, s.temperature): s for s in slots.values()}
 
-    to_store: list[tuple[SampleIn, Sample, LeaseItem | None]] = []
+    to_store: _Pending = []
     for s in fresh:
         if lease is not None:
             item = items.get(s.item or -1)
@@ -464,6 +482,7 @@ def ingest_samples(
                 item,
             )
         )
+    to_store = _within_quota(user, to_store, result)
     if not to_store:
         return result
 

@@ -302,3 +302,23 @@ def test_unknown_client_ids_in_two_requests_never_double_count(api, lease):
         )
     assert Sample.objects.count() == 2
     assert Slot.objects.get(lease_items__id=item["id"]).filled == 2
+
+
+def test_daily_quota_rejects_what_does_not_fit(api, user, lease):
+    user.profile.quota_samples_per_day = 3
+    user.profile.save()
+    item = lease["items"][0]["id"]
+    first = api.post(
+        f"/api/v1/leases/{lease['id']}/samples/",
+        {"samples": [sample_payload(item) for _ in range(2)]},
+        format="json",
+    ).json()
+    assert len(first["accepted"]) == 2
+    second = api.post(
+        f"/api/v1/leases/{lease['id']}/samples/",
+        {"samples": [sample_payload(lease["items"][1]["id"]) for _ in range(2)]},
+        format="json",
+    ).json()
+    assert len(second["accepted"]) == 1
+    assert [r["error"]["code"] for r in second["rejected"]] == ["quota_exceeded"]
+    assert Sample.objects.filter(contributor=user).count() == 3
