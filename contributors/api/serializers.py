@@ -13,6 +13,10 @@ from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from contributors.models import ComputeNode, Lease, LeaseItem
 
 MAX_JSON_FIELD_CHARS = 8192
+# Counters are stored as PostgreSQL `integer`; ids as `bigint`. Bigger numbers are bad input
+# (a 400), never a database error.
+MAX_INT32 = 2**31 - 1
+MAX_ID = 2**63 - 1
 
 
 class FastProhibitSurrogates(ProhibitSurrogateCharactersValidator):
@@ -107,7 +111,7 @@ class HeartbeatOutSerializer(serializers.Serializer):
 
 
 class LeaseInSerializer(serializers.Serializer):
-    node = serializers.IntegerField(min_value=1)
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     model = StrictCharField(max_length=200)
     max_prompts = serializers.IntegerField(min_value=1, default=16)
 
@@ -164,8 +168,8 @@ class ReleaseOutSerializer(serializers.Serializer):
 class SamplingSerializer(serializers.Serializer):
     temperature = serializers.FloatField(min_value=0.0, max_value=10.0)
     top_p = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
-    max_tokens = serializers.IntegerField(min_value=1, required=False)
-    n = serializers.IntegerField(min_value=1, required=False)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=MAX_INT32, required=False)
+    n = serializers.IntegerField(min_value=1, max_value=MAX_INT32, required=False)
 
 
 class SampleInSerializer(serializers.Serializer):
@@ -183,13 +187,13 @@ class SampleInSerializer(serializers.Serializer):
     sampling = serializers.DictField()
     finish_reason = StrictCharField(max_length=32)
     prompt_tokens = serializers.IntegerField(
-        min_value=0, allow_null=True, required=False, default=None
+        min_value=0, max_value=MAX_INT32, allow_null=True, required=False, default=None
     )
     completion_tokens = serializers.IntegerField(
-        min_value=0, allow_null=True, required=False, default=None
+        min_value=0, max_value=MAX_INT32, allow_null=True, required=False, default=None
     )
     generation_ms = serializers.IntegerField(
-        min_value=0, allow_null=True, required=False, default=None
+        min_value=0, max_value=MAX_INT32, allow_null=True, required=False, default=None
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -212,11 +216,11 @@ class SampleInSerializer(serializers.Serializer):
 
 
 class LeaseSampleInSerializer(SampleInSerializer):
-    item = serializers.IntegerField(min_value=1)
+    item = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 class OfflineSampleInSerializer(SampleInSerializer):
-    prompt = serializers.IntegerField(min_value=1)
+    prompt = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 class UploadEnvelopeSerializer(serializers.Serializer):
