@@ -8,7 +8,8 @@ export DEBUG ?= 1
 
 .venv/installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
-	# torch comes from the CPU wheel pinned here; a bare `torch` would pull a multi-GB CUDA build.
+	# torch==2.13.0 first: on these machines that release is a CPU wheel on local disk. A bare
+	# `torch` (or one from plain PyPI) is a CUDA build of several GB.
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q "torch==2.13.0"
 	.venv/bin/pip install -q -e ".[worker,models,dev]"

@@ -11,6 +11,7 @@ from contributors.models import (
     ComputeNode,
     Lease,
     LeaseItem,
+    LeaseState,
     Profile,
     Slot,
 )
@@ -79,6 +80,33 @@ class LeaseAdmin(admin.ModelAdmin):
     search_fields = ["contributor__username", "node__name", "model"]
     list_select_related = ["node", "contributor"]
     inlines = [LeaseItemInline]
+    # State and counters change only through the services, which keep the slots' books:
+    # an edited state or a deleted lease would strand its outstanding samples for good.
+    readonly_fields = [
+        "node",
+        "contributor",
+        "model",
+        "state",
+        "created_at",
+        "lease_seconds",
+        "deadline",
+        "closed_at",
+    ]
+    actions = ["release"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Release selected live leases (their slots go back to the pool)")
+    def release(self, request: HttpRequest, queryset: QuerySet[Lease]) -> None:
+        released = 0
+        for lease in queryset.filter(state=LeaseState.LIVE):
+            services.release_lease(lease=lease)
+            released += 1
+        self.message_user(request, f"{released} leases released.", messages.SUCCESS)
 
 
 @admin.register(Slot)
@@ -94,7 +122,21 @@ class SlotAdmin(admin.ModelAdmin):
         "target",
     ]
     list_filter = ["prompt_set", "model", "temperature"]
-    raw_id_fields = ["prompt"]
+    readonly_fields = [
+        "prompt",
+        "prompt_set",
+        "model",
+        "temperature",
+        "target",
+        "filled",
+        "outstanding",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Bounty)

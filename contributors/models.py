@@ -34,6 +34,11 @@ class Profile(models.Model):
         return self.handle
 
 
+def normalise_temperature(value: float) -> float:
+    """Temperatures are matched to slots after rounding: 0.6000001 from a client is 0.6."""
+    return round(float(value), 4)
+
+
 def hash_token(raw: str) -> str:
     # Tokens carry 256 bits of randomness, so a plain SHA-256 is enough (no slow KDF needed),
     # and it lets authentication look a token up by its digest in one indexed query.
@@ -150,6 +155,26 @@ class Slot(models.Model):
         return self.target - self.filled - self.outstanding
 
 
+class SlotFrontier(models.Model):
+    """How far slots are made, per (set, model, temperature): prompts with a higher id have no
+    slot yet. Prompt ids only grow, so leasing finds new prompts without scanning old ones."""
+
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="frontiers")
+    model = models.CharField(max_length=200)
+    temperature = models.FloatField()
+    last_prompt_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt_set", "model", "temperature"], name="frontier_unique_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_set_id} / {self.model} @ {self.temperature}: {self.last_prompt_id}"
+
+
 class LeaseState(models.TextChoices):
     LIVE = "live"
     DONE = "done"
@@ -165,6 +190,8 @@ class Lease(models.Model):
     model = models.CharField(max_length=200)
     state = models.CharField(max_length=16, choices=LeaseState.choices, default=LeaseState.LIVE)
     created_at = models.DateTimeField(auto_now_add=True)
+    # How far each heartbeat pushes the deadline: the shortest of its prompt sets' leases.
+    lease_seconds = models.PositiveIntegerField(default=3600)
     deadline = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
 

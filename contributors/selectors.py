@@ -3,8 +3,9 @@ node, lease or sample is simply not found."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.core.cache import cache
 from django.db.models import Count, Sum
 from django.http import Http404
 from django.utils import timezone
@@ -44,7 +45,17 @@ def sample_for(*, user: Any, sample_id: int) -> Sample:
     return sample
 
 
+STATS_CACHE_S = 30
+
+
 def public_stats() -> dict[str, Any]:
+    """Totals for everyone. Cached: the page and the public endpoint must not put full-table
+    aggregates on the database for every anonymous request."""
+    stats = cache.get_or_set("thinkpool:public-stats", _compute_stats, STATS_CACHE_S)
+    return cast(dict[str, Any], stats)
+
+
+def _compute_stats() -> dict[str, Any]:
     by_status = dict(
         Sample.objects.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
     )

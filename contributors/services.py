@@ -16,7 +16,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from contributors.models import (
@@ -28,7 +28,9 @@ from contributors.models import (
     Profile,
     SampleOrigin,
     Slot,
+    SlotFrontier,
     hash_token,
+    normalise_temperature,
 )
 from scoring.models import Prompt, PromptSet, Sample
 from scoring.tasks import queue_scoring
@@ -88,7 +90,7 @@ def register_node(
 ) -> tuple[ComputeNode, bool]:
     """Registers a node, or updates the caller's node of that name (a worker re-registering
     after a restart keeps its id)."""
-    node, created = ComputeNode.objects.select_for_update().update_or_create(
+    node, created = ComputeNode.objects.update_or_create(
         owner=owner,
         name=name,
         defaults={
@@ -108,26 +110,20 @@ def heartbeat(*, node: ComputeNode) -> int:
     now = timezone.now()
     ComputeNode.objects.filter(pk=node.pk).update(last_heartbeat=now)
     node.last_heartbeat = now
-    extended = 0
+    # A heartbeat keeps a lease alive, but not forever: past MAX_LEASE_LIFETIME_S from its
+    # creation the lease expires like any other, so a node that only heartbeats cannot hoard.
+    lifetime = timedelta(seconds=settings.THINKPOOL["MAX_LEASE_LIFETIME_S"])
+    extended = []
     live = Lease.objects.filter(node=node, state=LeaseState.LIVE, deadline__gt=now)
     for lease in live.select_for_update():
-        lease_seconds = _lease_seconds(lease)
-        new_deadline = now + timedelta(seconds=lease_seconds)
+        new_deadline = min(
+            now + timedelta(seconds=lease.lease_seconds), lease.created_at + lifetime
+        )
         if new_deadline > lease.deadline:
             lease.deadline = new_deadline
-            lease.save(update_fields=["deadline"])
-            extended += 1
-    return extended
-
-
-def _lease_seconds(lease: Lease) -> int:
-    seconds = (
-        PromptSet.objects.filter(slots__lease_items__lease=lease)
-        .order_by("lease_seconds")
-        .values_list("lease_seconds", flat=True)
-        .first()
-    )
-    return int(seconds or 3600)
+            extended.append(lease)
+    Lease.objects.bulk_update(extended, ["deadline"])
+    return len(extended)
 
 
 # --- leasing --------------------------------------------------------------------------------
@@ -138,22 +134,19 @@ MATERIALISE_CHUNK = 512
 
 
 def _materialise_slots(*, prompt_set: PromptSet, model: str, wanted: int) -> None:
-    """Makes slots for prompts of the set that have none yet for this model, `wanted` at most
-    per temperature. Concurrent callers may race; the unique key makes the loser's rows no-ops."""
+    """Makes slots for up to `wanted` more prompts of the set, per temperature, beyond each
+    (set, model, temperature) frontier. The frontier row is locked while it moves, so two
+    leasers never make the same slots; a leaser that finds nothing new pays one indexed read."""
     for temperature in prompt_set.temperatures:
-        missing = (
-            Prompt.objects.filter(prompt_set=prompt_set)
-            .filter(
-                ~Exists(
-                    Slot.objects.filter(
-                        prompt=OuterRef("pk"), model=model, temperature=float(temperature)
-                    )
-                )
-            )
+        frontier, _ = SlotFrontier.objects.get_or_create(
+            prompt_set=prompt_set, model=model, temperature=normalise_temperature(temperature)
+        )
+        frontier = SlotFrontier.objects.select_for_update().get(pk=frontier.pk)
+        ids = list(
+            Prompt.objects.filter(prompt_set=prompt_set, pk__gt=frontier.last_prompt_id)
             .order_by("pk")
             .values_list("pk", flat=True)[:wanted]
         )
-        ids = list(missing)
         if not ids:
             continue
         Slot.objects.bulk_create(
@@ -162,13 +155,16 @@ def _materialise_slots(*, prompt_set: PromptSet, model: str, wanted: int) -> Non
                     prompt_id=pk,
                     prompt_set=prompt_set,
                     model=model,
-                    temperature=float(temperature),
+                    temperature=normalise_temperature(temperature),
                     target=prompt_set.slot_target,
                 )
                 for pk in ids
             ],
+            # Offline uploads do not make slots, but a frontier reset by hand could repeat ids.
             ignore_conflicts=True,
         )
+        frontier.last_prompt_id = ids[-1]
+        frontier.save(update_fields=["last_prompt_id"])
 
 
 def _open_slots(prompt_set: PromptSet, model: str):  # type: ignore[no-untyped-def]
@@ -188,7 +184,11 @@ def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | 
     cfg = settings.THINKPOOL
     now = timezone.now()
     user = node.owner
-    if getattr(user, "profile", None) is not None and user.profile.banned:
+    ensure_profile(user=user)
+    # The caps below are check-then-act: holding the contributor's profile row makes one
+    # contributor's lease requests take turns, so N concurrent requests cannot all pass them.
+    profile = Profile.objects.select_for_update().get(user=user)
+    if profile.banned:
         raise ServiceError("banned", "This account may not lease work.", status=403)
     served = {m.get("id") for m in node.models_served if isinstance(m, dict)}
     if model not in served:
@@ -236,8 +236,14 @@ def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | 
     if not picked:
         return None
 
-    deadline = now + timedelta(seconds=min(ps.lease_seconds for _, _, ps in picked))
-    lease = Lease.objects.create(node=node, contributor=user, model=model, deadline=deadline)
+    lease_seconds = min(ps.lease_seconds for _, _, ps in picked)
+    lease = Lease.objects.create(
+        node=node,
+        contributor=user,
+        model=model,
+        lease_seconds=lease_seconds,
+        deadline=now + timedelta(seconds=lease_seconds),
+    )
     LeaseItem.objects.bulk_create(
         [LeaseItem(lease=lease, slot=slot, n=give) for slot, give, _ in picked]
     )
@@ -248,7 +254,9 @@ def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | 
 
 
 def _close_items(items: list[LeaseItem]) -> int:
-    """Gives the unfulfilled part of each item back to its slot. Caller holds the lease lock."""
+    """Gives the unfulfilled part of each item back to its slot. The caller holds the locks of
+    the items' leases; the slots are locked here, all at once and in id order (the order every
+    writer uses), so two closers or a closer and an upload cannot deadlock."""
     returned_total = 0
     by_slot: dict[int, int] = defaultdict(int)
     for item in items:
@@ -280,7 +288,7 @@ def release_lease(*, lease: Lease) -> int:
 
 def expire_overdue_leases(*, now: Any = None, batch: int = 200) -> int:
     """Closes live leases past their deadline; their unfinished slots go back to the pool.
-    Each lease closes in its own short transaction, skipping any that an upload holds."""
+    Works in short transactions of `batch` leases, skipping any lease that an upload holds."""
     now = now or timezone.now()
     expired = 0
     while True:
@@ -290,8 +298,8 @@ def expire_overdue_leases(*, now: Any = None, batch: int = 200) -> int:
                 .filter(state=LeaseState.LIVE, deadline__lte=now)
                 .order_by("deadline")[:batch]
             )
+            _close_items(list(LeaseItem.objects.filter(lease__in=leases)))
             for lease in leases:
-                _close_items(list(lease.items.all()))
                 lease.state = LeaseState.EXPIRED
                 lease.closed_at = now
             Lease.objects.bulk_update(leases, ["state", "closed_at"])
@@ -351,11 +359,6 @@ def _within_quota(user: Any, to_store: _Pending, result: IngestResult) -> _Pendi
             s.client_id, "quota_exceeded", f"This account may upload {quota} samples a day."
         )
     return to_store[:room]
-
-
-def _temperature_matches(sampling: dict[str, Any], temperature: float) -> bool:
-    value = sampling.get("temperature")
-    return isinstance(value, int | float) and abs(float(value) - temperature) < 1e-6
 
 
 @transaction.atomic
@@ -423,9 +426,9 @@ def ingest_samples(
     # Offline samples count towards the slot of their (prompt, model, temperature) if it has one.
     offline_keys = Q(pk__in=[])
     for s in fresh:
-        temp = s.sampling.get("temperature")
-        if s.prompt in offline_prompts and isinstance(temp, int | float):
-            offline_keys |= Q(prompt_id=s.prompt, model=s.model, temperature=float(temp))
+        if s.prompt in offline_prompts:
+            temperature = normalise_temperature(s.sampling["temperature"])
+            offline_keys |= Q(prompt_id=s.prompt, model=s.model, temperature=temperature)
     # Lock the slots touched, in id order (one order everywhere, so no deadlocks).
     slots: dict[int, Slot] = {
         s.pk: s
@@ -436,31 +439,38 @@ def ingest_samples(
     slot_by_key = {(s.prompt_id, s.model, s.temperature): s for s in slots.values()}
 
     to_store: _Pending = []
+    per_item: dict[int, int] = defaultdict(int)
     for s in fresh:
+        temperature = normalise_temperature(s.sampling["temperature"])
         if lease is not None:
             item = items.get(s.item or -1)
             if item is None:
                 result.reject(s.client_id, "unknown_item", "No such item in this lease.")
                 continue
             slot = slots[item.slot_id]
-            if not _temperature_matches(s.sampling, slot.temperature):
+            if s.model != lease.model:
+                result.reject(
+                    s.client_id, "model_mismatch", f"This lease is for model {lease.model!r}."
+                )
+                continue
+            if temperature != slot.temperature:
                 result.reject(
                     s.client_id,
                     "sampling_mismatch",
                     f"This item asks for temperature {slot.temperature}.",
                 )
                 continue
-            prompt_id, temperature = slot.prompt_id, slot.temperature
+            if item.received + per_item[item.pk] >= item.n:
+                result.reject(s.client_id, "item_full", f"This item asked for {item.n} samples.")
+                continue
+            per_item[item.pk] += 1
+            prompt_id = slot.prompt_id
         else:
             prompt = offline_prompts.get(s.prompt or -1)
             if prompt is None:
                 result.reject(s.client_id, "unknown_prompt", "No such prompt.")
                 continue
-            temp = s.sampling.get("temperature")
-            if not isinstance(temp, int | float):
-                result.reject(s.client_id, "invalid", "sampling.temperature is required.")
-                continue
-            item, prompt_id, temperature = None, prompt.pk, float(temp)
+            item, prompt_id = None, prompt.pk
         to_store.append(
             (
                 s,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
+from django.utils import timezone
 
 from scoring.models import Prompt, PromptGold, PromptSet, Sample, SampleStatus, Verdict
 
@@ -113,12 +114,14 @@ class SampleAdmin(admin.ModelAdmin):
     def quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
         self.message_user(request, f"{queryset.update(quarantined=True)} samples quarantined.")
 
-    @admin.action(description="Release from quarantine and score again")
+    @admin.action(description="Release from quarantine (back to scoring)")
     def release_from_quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
         from scoring.tasks import queue_scoring
 
         ids = list(queryset.filter(quarantined=True).values_list("pk", flat=True))
-        Sample.objects.filter(pk__in=ids).update(quarantined=False, status=SampleStatus.RECEIVED)
+        Sample.objects.filter(pk__in=ids).update(
+            quarantined=False, status=SampleStatus.RECEIVED, status_changed_at=timezone.now()
+        )
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples released and queued for scoring.")
 

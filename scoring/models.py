@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -81,6 +82,28 @@ class PromptSet(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # A typo in the verifier settings must fail here, in the admin form, not later in
+        # every scoring task of the set.
+        from scoring.verifiers import verifiers_for
+
+        if not isinstance(self.verifier_config, dict):
+            raise ValidationError({"verifier_config": "Must be a JSON object."})
+        try:
+            verifiers_for(self.domain, self.verifier_config)
+        except ValueError as exc:
+            raise ValidationError({"verifier_config": str(exc)}) from None
+        if (
+            not isinstance(self.temperatures, list)
+            or not self.temperatures
+            or not all(isinstance(t, int | float) and 0 <= t <= 10 for t in self.temperatures)
+        ):
+            raise ValidationError({"temperatures": "A non-empty list of numbers from 0 to 10."})
+        if not isinstance(self.models_allowed, list) or not all(
+            isinstance(m, str) for m in self.models_allowed
+        ):
+            raise ValidationError({"models_allowed": "A list of model ids or patterns."})
 
     def admits_model(self, model_id: str) -> bool:
         if not self.models_allowed:

@@ -13,8 +13,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 InfrastructureError = (OperationalError, InterfaceError)
 
 OPEN_STATUSES = (SampleStatus.RECEIVED, SampleStatus.SCORING)
+SETTLED_VERDICTS = (VerdictStatus.PASS, VerdictStatus.FAIL, VerdictStatus.SKIPPED)
 
 # The verifiers that judge whether the answer is right. If one of them cannot judge, the
 # sample cannot be verified.
@@ -34,12 +36,21 @@ CORRECTNESS_VERIFIERS = frozenset({"math", "code", "mcq", "string"})
 
 
 def claim(*, sample_id: int, rescore: bool = False) -> bool:
-    """Moves the sample to `scoring`. A sample already `scoring` is claimed again: its first
-    task may have died with its worker, and running the verifiers twice is harmless."""
-    statuses = list(SampleStatus) if rescore else list(OPEN_STATUSES)
+    """Moves the sample to `scoring`, once: a conditional UPDATE, so of two tasks for the same
+    sample only one goes on. A sample already `scoring` is claimed again only once it is stale
+    (its task died with its worker): a duplicate message must not run the sandbox twice."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
+    claimable = Q(status=SampleStatus.RECEIVED) | Q(
+        status=SampleStatus.SCORING, status_changed_at__lt=stale
+    )
+    if rescore:
+        claimable |= Q(
+            status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED, SampleStatus.ERROR]
+        )
     return bool(
-        Sample.objects.filter(pk=sample_id, status__in=statuses, quarantined=False).update(
-            status=SampleStatus.SCORING, status_changed_at=timezone.now()
+        Sample.objects.filter(claimable, pk=sample_id, quarantined=False).update(
+            status=SampleStatus.SCORING, status_changed_at=now
         )
     )
 
@@ -68,6 +79,8 @@ def _run(
     started = time.perf_counter()
     try:
         outcome = verifier.verify(candidate, gold, config)
+    except SoftTimeLimitExceeded:
+        raise  # the task ran out of time: that is no verdict on the sample
     except Exception as exc:  # a broken verifier must never pass a sample
         logger.exception("verifier %s crashed", verifier.name)
         outcome = Outcome(Status.ERROR, 0.0, {"error": type(exc).__name__})
@@ -105,12 +118,23 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
     prompt_set = sample.prompt.prompt_set
     config = prompt_set.verifier_config or {}
     candidate, gold = candidate_for(sample), gold_for(sample)
-    current = {(v.verifier, v.version): v for v in Verdict.objects.filter(sample_id=sample_id)}
+    # A settled verdict at the verifier's current version is kept; an `error` or `timeout` is
+    # computed again (the sandbox may have been missing, a worker overloaded).
+    current = {
+        (v.verifier, v.version): v
+        for v in Verdict.objects.filter(sample_id=sample_id, status__in=SETTLED_VERDICTS)
+    }
     # Imported here: the verifiers pull in math-verify and sympy, which the web process never needs.
     from scoring.verifiers import verifiers_for
 
+    try:
+        verifiers = verifiers_for(prompt_set.domain, config)
+    except ValueError as exc:
+        # A maintainer's typo in verifier_config: loud on the sample, not a crashed task.
+        _finish(sample_id, SampleStatus.ERROR, f"verifier configuration: {exc}")
+        return True
     verdicts: list[Verdict] = []
-    for verifier in verifiers_for(prompt_set.domain, config):
+    for verifier in verifiers:
         existing = current.get((verifier.name, verifier.version))
         if existing is not None:
             verdicts.append(existing)
@@ -128,26 +152,29 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
             },
         )
         verdicts.append(verdict)
-    status, reason = settle(verdicts)
-    with transaction.atomic():
-        Sample.objects.filter(pk=sample_id, status=SampleStatus.SCORING).update(
-            status=status, status_reason=reason[:500], status_changed_at=timezone.now()
-        )
+    _finish(sample_id, *settle(verdicts))
     return True
 
 
-def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
-    """Samples left before a verdict for too long (a lost message, a dead worker). Their clock
-    is reset so that the next sweep does not queue them again while this one runs."""
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
-    ids = list(
-        Sample.objects.filter(
-            status__in=OPEN_STATUSES, status_changed_at__lt=cutoff, quarantined=False
-        )
-        .order_by("pk")
-        .values_list("pk", flat=True)[:limit]
+def _finish(sample_id: int, status: str, reason: str) -> None:
+    # Only while still `scoring`: a maintainer's quarantine or a newer claim wins.
+    Sample.objects.filter(pk=sample_id, status=SampleStatus.SCORING).update(
+        status=status, status_reason=reason[:500], status_changed_at=timezone.now()
     )
-    if ids:
-        Sample.objects.filter(Q(pk__in=ids), status__in=OPEN_STATUSES).update(status_changed_at=now)
+
+
+def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
+    """Samples left before a verdict for too long: a lost message, or a task that died with
+    its worker (SWEEP_AFTER_S is longer than any scoring task may run). They go back to
+    `received` with a fresh clock, so the next task claims them and the next sweep leaves
+    them alone while they wait in the queue."""
+    cutoff = timezone.now() - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
+    stuck = Sample.objects.filter(
+        status__in=OPEN_STATUSES, status_changed_at__lt=cutoff, quarantined=False
+    )
+    ids = list(stuck.order_by("pk").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return []
+    # Conditional on still being stuck: a task that claimed one meanwhile keeps it.
+    stuck.filter(pk__in=ids).update(status=SampleStatus.RECEIVED, status_changed_at=timezone.now())
     return ids

@@ -53,7 +53,17 @@ def score_code_samples(sample_ids: list[int], rescore: bool = False) -> int:
 
 
 def _score_all(sample_ids: list[int], rescore: bool) -> int:
-    return sum(1 for pk in sample_ids if pipeline.score_sample(sample_id=pk, rescore=rescore))
+    judged = 0
+    for pk in sample_ids:
+        try:
+            judged += pipeline.score_sample(sample_id=pk, rescore=rescore)
+        except pipeline.InfrastructureError:
+            raise  # the task retries the chunk; samples already judged are skipped by the claim
+        except Exception:
+            # One sample's bug must not hold up the rest of the chunk; it stays `scoring`
+            # and the sweeper tries it again later.
+            logger.exception("scoring sample %s failed", pk)
+    return judged
 
 
 @shared_task(

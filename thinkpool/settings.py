@@ -223,8 +223,12 @@ THINKPOOL = {
     "MAX_PROMPTS_PER_LEASE": env_int("THINKPOOL_MAX_PROMPTS_PER_LEASE", 256, minimum=1),
     "MAX_LIVE_LEASES_PER_NODE": env_int("THINKPOOL_MAX_LIVE_LEASES_PER_NODE", 4, minimum=1),
     "MAX_LIVE_LEASES_PER_CONTRIBUTOR": env_int("THINKPOOL_MAX_LIVE_LEASES_PER_USER", 16, minimum=1),
+    # Heartbeats extend a lease, up to this long after it was made.
+    "MAX_LEASE_LIFETIME_S": env_int("THINKPOOL_MAX_LEASE_LIFETIME_S", 24 * 3600, minimum=60),
     # Samples left in `received` or `scoring` longer than this are queued again by the sweeper.
-    "SWEEP_AFTER_S": env_int("THINKPOOL_SWEEP_AFTER_S", 300, minimum=1),
+    # Longer than the longest scoring task may run (the sandbox queue's 1900 s), so that a
+    # sample still being judged is never judged a second time beside it.
+    "SWEEP_AFTER_S": env_int("THINKPOOL_SWEEP_AFTER_S", 2400, minimum=1),
 }
 
 LOGGING = {

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import io
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -33,10 +33,20 @@ class LimitedJSONParser(JSONParser):
         except UnicodeDecodeError:
             raise exceptions.ParseError("The body is not valid UTF-8.") from None
         try:
-            return json.load(io.StringIO(text), parse_constant=_reject_constant)
+            return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except ValueError as exc:
             raise exceptions.ParseError(f"The body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise exceptions.ParseError("The body is nested too deeply.") from None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which no database JSON column accepts.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value

@@ -3,6 +3,7 @@ they emit: nothing from PromptGold is reachable from here."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -48,13 +49,24 @@ class StrictCharField(serializers.CharField):
 
 
 def _small_json(value: Any, what: str) -> Any:
-    import json
-
+    """A small JSON object that every database can store: PostgreSQL's jsonb takes no NUL."""
     if len(json.dumps(value)) > MAX_JSON_FIELD_CHARS:
         raise serializers.ValidationError(
             f"{what} is larger than {MAX_JSON_FIELD_CHARS} characters"
         )
+    if _has_nul(value):
+        raise serializers.ValidationError(f"{what} contains a NUL character")
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 # --- nodes ------------------------------------------------------------------------------------
@@ -240,11 +252,11 @@ class UploadOutSerializer(serializers.Serializer):
 
 
 class VerdictOutSerializer(serializers.Serializer):
-    # No `details`: they can quote the reference answer or a hidden test.
+    # No `details` (they can quote the reference answer or a hidden test) and no `score` (for
+    # code it is tests passed / total, which tells how many hidden tests there are).
     verifier = serializers.CharField()
     version = serializers.IntegerField()
     status = serializers.CharField()
-    score = serializers.FloatField()
 
 
 class SampleOutSerializer(serializers.Serializer):
@@ -262,8 +274,16 @@ class SampleOutSerializer(serializers.Serializer):
     verdicts = VerdictOutSerializer(many=True)
 
 
+class LimitsOutSerializer(serializers.Serializer):
+    max_samples_per_upload = serializers.IntegerField()
+    max_body_bytes = serializers.IntegerField()
+    max_completion_chars = serializers.IntegerField()
+    max_prompts_per_lease = serializers.IntegerField()
+
+
 class MeOutSerializer(serializers.Serializer):
     username = serializers.CharField()
     handle = serializers.CharField()
     hf_username = serializers.CharField()
     public_attribution = serializers.BooleanField()
+    limits = LimitsOutSerializer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
@@ -28,6 +28,13 @@ class MeView(APIView):
             "handle": profile.handle,
             "hf_username": profile.hf_username,
             "public_attribution": profile.public_attribution,
+            # What this server accepts, so a client sizes its requests to fit.
+            "limits": {
+                "max_samples_per_upload": settings.THINKPOOL["MAX_SAMPLES_PER_UPLOAD"],
+                "max_body_bytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+                "max_completion_chars": settings.THINKPOOL["MAX_COMPLETION_CHARS"],
+                "max_prompts_per_lease": settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"],
+            },
         }
         return Response(io.MeOutSerializer(data).data)
 
@@ -184,5 +191,4 @@ class StatsView(APIView):
 
     @extend_schema(responses=serializers.DictField())
     def get(self, request: Request) -> Response:
-        with transaction.atomic():
-            return Response(selectors.public_stats())
+        return Response(selectors.public_stats())

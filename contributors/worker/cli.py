@@ -22,9 +22,9 @@ from . import config as cfgmod
 from .backends import Backend
 from .config import WorkerConfig
 from .display import Display, Progress, setup_logging
-from .errors import AuthError, ConfigError, WorkerError
+from .errors import AuthError, ConfigError, ServerUnreachable, UploadPostponed, WorkerError
 from .journal import Journal
-from .net import RetryPolicy, ServerClient, make_http_client
+from .net import RetryPolicy, ServerClient, ServerLimits, make_http_client
 
 log = logging.getLogger("thinkpool.worker")
 
@@ -289,7 +289,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
             stopper=stopper,
         )
-        _me(runner.server, policy=runner.live_policy)  # a bad token fails here, in one line
+        # A bad token fails here, in one line; the answer also says what the server accepts.
+        limits = ServerLimits.from_me(_me(runner.server, policy=runner.live_policy))
+        runner.uploader.limits = limits
+        if limits.max_prompts_per_lease and opts.max_prompts > limits.max_prompts_per_lease:
+            log.info(
+                "the server leases at most %d prompts at a time; asking for that many",
+                limits.max_prompts_per_lease,
+            )
+            opts.max_prompts = limits.max_prompts_per_lease
         with Display(progress, args.log_format):
             try:
                 code = runner.run()
@@ -317,18 +325,28 @@ def cmd_upload(args: argparse.Namespace) -> int:
     with make_http_client() as http:
         server = _server(cfg, http, policy=RetryPolicy(cap_s=cfg.retry_cap_s, max_elapsed_s=600))
         uploader = Uploader(server, journal)
-        uploader.flush()
+        try:
+            uploader.flush()
+        except (ServerUnreachable, UploadPostponed) as exc:
+            print(f"upload postponed: {exc}", file=sys.stderr)
     # Report on this file's samples (some may have been uploaded by an earlier attempt).
     states = [journal.get(s.client_id) for s in parsed.samples]
     done = sum(1 for s in states if s is not None and s.state in ("accepted", "duplicate"))
     rejected = [s for s in states if s is not None and s.state == "rejected"]
+    waiting = sum(1 for s in states if s is not None and s.state == "pending")
     for s in rejected[:20]:
         print(f"rejected {s.client_id}: {s.error_code}: {s.error_message}", file=sys.stderr)
     print(
         f"{done} uploaded, {len(rejected)} rejected, {len(parsed.errors)} invalid lines "
         f"({len(parsed.samples)} samples in {path.name})"
     )
-    return 0 if not rejected and not parsed.errors else 1
+    if waiting:
+        print(
+            f"{waiting} samples are still waiting in the journal; run this command again (or "
+            "`thinkpool-worker run`) to upload them",
+            file=sys.stderr,
+        )
+    return 0 if not rejected and not parsed.errors and not waiting else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -38,6 +38,11 @@ class AuthError(ApiError):
     """401/403: the token is wrong, revoked, or lacks permission."""
 
 
+class UploadPostponed(WorkerError):
+    """The server could not take an upload now (5xx/429/408 after retries): the samples stay
+    pending in the journal and go up on a later flush or the next start."""
+
+
 class BackendError(WorkerError):
     pass
 

@@ -160,12 +160,28 @@ class Journal:
             for r in rows
         ]
 
-    def pending(self, limit: int = 256) -> list[JournalSample]:
-        """Pending samples of one destination (one lease, or prompt-bound), oldest first."""
+    def pending(self, limit: int = 256, skip: Iterable[str | None] = ()) -> list[JournalSample]:
+        """Pending samples of one destination (one lease, or prompt-bound), oldest first.
+
+        ``skip`` names destinations to pass over (lease ids; ``None`` for prompt-bound samples),
+        so one that can't take uploads doesn't hold up the others behind it.
+        """
+        skipped = set(skip)
+        where, args = "state = ?", [PENDING]
+        leases = [str(x) for x in skipped if x is not None]
+        if leases:
+            # (NULL NOT IN (...) is NULL, not true: prompt-bound samples need saying.)
+            null = "lease_id IS NOT NULL AND" if None in skipped else "lease_id IS NULL OR"
+            where += f" AND ({null} lease_id NOT IN ({', '.join('?' * len(leases))}))"
+            args += leases
+        elif None in skipped:
+            where += " AND lease_id IS NOT NULL"
         with self._lock:
             head = self._db.execute(
-                "SELECT lease_id FROM samples WHERE state = ? ORDER BY created_at, rowid LIMIT 1",
-                (PENDING,),
+                # `where` is built from literals only; values are bound.
+                f"SELECT lease_id FROM samples WHERE {where}"  # noqa: S608
+                " ORDER BY created_at, rowid LIMIT 1",
+                tuple(args),
             ).fetchone()
         if head is None:
             return []
@@ -218,6 +234,17 @@ class Journal:
                 "UPDATE samples SET lease_id = NULL WHERE client_id = ? AND prompt_id IS NOT NULL",
                 [(c,) for c in client_ids],
             )
+
+    def move_lease_to_prompt(self, lease_id: str) -> int:
+        """Detach a lease's pending samples that have a prompt id from it (the server no longer
+        knows the lease): they go up by prompt id instead. Returns how many moved."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE samples SET lease_id = NULL"
+                " WHERE lease_id = ? AND state = ? AND prompt_id IS NOT NULL",
+                (str(lease_id), PENDING),
+            )
+            return cur.rowcount
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -8,12 +8,13 @@ own auth headers, so the two never share credentials.
 from __future__ import annotations
 
 import email.utils
+import json as jsonlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import httpx
@@ -25,7 +26,38 @@ log = logging.getLogger("thinkpool.worker")
 
 USER_AGENT = f"thinkpool-worker/{__version__}"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What a server that doesn't advertise its limits (GET /api/v1/me/ "limits") is assumed to take:
+# the server's own defaults.
 MAX_SAMPLES_PER_UPLOAD = 256
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON exactly as the worker sends it (what httpx's ``json=`` does), so sizes add up."""
+    return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the server accepts, from ``GET /api/v1/me/``; an older server's defaults if absent."""
+
+    max_samples_per_upload: int = MAX_SAMPLES_PER_UPLOAD
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_completion_chars: int | None = None
+    max_prompts_per_lease: int | None = None
+
+    @classmethod
+    def from_me(cls, me: Any) -> ServerLimits:
+        raw = me.get("limits") if isinstance(me, dict) else None
+        if not isinstance(raw, dict):
+            return cls()
+        found: dict[str, int] = {}
+        for f in fields(cls):
+            value = raw.get(f.name)
+            # bool is an int; a server sending true/false or 0 for a limit is not to be trusted.
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                found[f.name] = value
+        return cls(**found)
 
 
 def make_http_client(
@@ -193,7 +225,8 @@ class ServerClient:
         url = f"{self.base}{path}"
         kwargs: dict[str, Any] = {"headers": self.headers}
         if json is not None:
-            kwargs["json"] = json
+            kwargs["content"] = encode_json(json)
+            kwargs["headers"] = {**self.headers, "Content-Type": "application/json"}
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
@@ -225,6 +258,9 @@ class ServerClient:
 
     def me(self, policy: RetryPolicy | None = None) -> dict[str, Any]:
         return self._json(self._request("GET", "/api/v1/me/", policy=policy))
+
+    def limits(self, policy: RetryPolicy | None = None) -> ServerLimits:
+        return ServerLimits.from_me(self.me(policy=policy))
 
     def register_node(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._json(self._request("POST", "/api/v1/nodes/", json=payload))

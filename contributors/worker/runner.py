@@ -23,7 +23,14 @@ from typing import Any
 
 from .backends import Backend, Generation, GenRequest
 from .display import Progress
-from .errors import ApiError, AuthError, BackendError, ServerUnreachable, WorkerError
+from .errors import (
+    ApiError,
+    AuthError,
+    BackendError,
+    ServerUnreachable,
+    UploadPostponed,
+    WorkerError,
+)
 from .journal import Journal, JournalSample, new_client_id
 from .net import RetryPolicy, ServerClient
 from .uploader import Uploader
@@ -203,6 +210,9 @@ class Runner:
 
     def process_lease(self, lease: dict[str, Any]) -> None:
         lease_id = str(lease["id"])
+        # Samples carry the model the lease is for (the server rejects any other), whatever
+        # name the backend uses for it (kept in sampling.backend_model).
+        model = str(lease.get("model") or self.model)
         items: list[dict[str, Any]] = list(lease["items"])
         self.journal.add_lease(lease, self.node_id)
         with self._lease_lock:
@@ -236,7 +246,7 @@ class Runner:
                         )
                         break
                     queue.popleft()
-                    in_flight[pool.submit(self._generate_unit, lease_id, unit)] = unit
+                    in_flight[pool.submit(self._generate_unit, lease_id, unit, model)] = unit
                 if queue and (self._should_stop_starting() or not in_flight):
                     # Stopping, or nothing runs and the next item doesn't fit: leave the rest.
                     unfinished += sum(len(u) for u in queue)
@@ -295,12 +305,25 @@ class Runner:
                 raise
             log.warning("could not release lease %s (%s); it will expire", lease_id, exc)
 
-    def _generate_unit(self, lease_id: str, unit: list[dict[str, Any]]) -> None:
+    def _generate_unit(
+        self, lease_id: str, unit: list[dict[str, Any]], model: str | None = None
+    ) -> None:
         requests = [_request_for(item) for item in unit]
         got = [0] * len(unit)
 
         def on_result(i: int, gens: list[Generation]) -> None:
-            self.record(lease_id, unit[i], requests[i], gens)
+            # An item takes n samples (the server rejects more as item_full): keep no extras.
+            room = max(0, requests[i].n - got[i])
+            if len(gens) > room:
+                log.warning(
+                    "item %s: the backend gave %d samples more than the %d asked; dropping them",
+                    unit[i].get("id"),
+                    len(gens) - room,
+                    requests[i].n,
+                )
+                gens = gens[:room]
+            if gens:
+                self.record(lease_id, unit[i], requests[i], gens, model=model)
             got[i] += len(gens)
 
         started = time.perf_counter()
@@ -312,9 +335,16 @@ class Runner:
         self.progress.add(items_done=len(unit))
 
     def record(
-        self, lease_id: str | None, item: dict[str, Any], req: GenRequest, gens: list[Generation]
+        self,
+        lease_id: str | None,
+        item: dict[str, Any],
+        req: GenRequest,
+        gens: list[Generation],
+        *,
+        model: str | None = None,
     ) -> list[JournalSample]:
-        """Journal one item's generations (one durable transaction)."""
+        """Journal one item's generations (one durable transaction), as samples of ``model``
+        (the lease's model; the configured one by default)."""
         prompt = item.get("prompt") or {}
         prompt_id = prompt.get("id") if isinstance(prompt, dict) else prompt
         samples = [
@@ -323,7 +353,7 @@ class Runner:
                 lease_id=lease_id,
                 item_id=None if item.get("id") is None else str(item["id"]),
                 prompt_id=None if prompt_id is None else str(prompt_id),
-                payload=sample_payload(self.model, item.get("sampling") or {}, req, g),
+                payload=sample_payload(model or self.model, item.get("sampling") or {}, req, g),
             )
             for g in gens
         ]
@@ -349,7 +379,8 @@ class Runner:
         except AuthError as exc:
             self.fatal = exc
             self.stopper.stop("auth")
-        except ServerUnreachable as exc:
+        except (ServerUnreachable, UploadPostponed) as exc:
+            # The samples stay pending: a later flush (or the next start) sends them.
             log.warning("upload postponed: %s", exc)
         finally:
             stats = self.uploader.stats

@@ -11,7 +11,8 @@ Prompt-set config, as `verifiers_for` reads it (every key optional):
         "format": {...}, "math": {...}, ... # each verifier's own config section
     }
 
-The pipeline passes `config.get(verifier.name, {})` to `verifier.verify` (see `section`).
+The pipeline passes the whole config to `verifier.verify`; each verifier reads its own view
+of it with `base.own_config` (top-level keys, overridden by its own section).
 """
 
 from __future__ import annotations
@@ -77,12 +78,6 @@ def verifiers_for(domain: str, config: dict[str, Any] | None = None) -> list[Ver
     return [REGISTRY[n] for n in names if n not in disabled]
 
 
-def section(config: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """A verifier's own config section of the prompt-set config."""
-    value = (config or {}).get(name)
-    return dict(value) if isinstance(value, dict) else {}
-
-
 __all__ = [
     "DOMAIN_DEFAULTS",
     "REGISTRY",
@@ -101,7 +96,6 @@ __all__ = [
     "TruncationVerifier",
     "Verifier",
     "error_outcome",
-    "section",
     "split_reasoning",
     "verifiers_for",
 ]

@@ -12,25 +12,34 @@ the worker outright when even that does not answer in time.
 
 Requests:  {"op": "gold", "gold": str}
            {"op": "verify", "gold": str, "answer": str, "timeout": float}
+           {"op": "forms", "texts": [str, ...]}
 Replies:   {"status": "ok" | "pass" | "fail" | "gold_unparsable" | "answer_unparsable"
                       | "timeout" | "error", ...}
+
+`forms` runs math-verify's extraction and LaTeX normalisation, but not the (slow, ANTLR)
+LaTeX-to-sympy step: see `form`. It lets the parent decide, without a full parse, when two
+texts are certain to parse to the very same thing, and read plain numbers as math-verify does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import resource
 import signal
 import sys
 from functools import lru_cache
+from importlib.metadata import version
 from typing import Any
 
 # math-verify warns once per process that its timeout is off: we know, we enforce our own.
 logging.disable(logging.WARNING)
 
-from latex2sympy2_extended.latex2sympy2 import NormalizationConfig  # noqa: E402
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, normalize_latex  # noqa: E402
 from math_verify import LatexExtractionConfig, parse, verify  # noqa: E402
+from math_verify.parser import get_extraction_regexes  # noqa: E402
 
 # equations=True keeps `3x+4y+14=0` an equation instead of reducing it to its right side `0`
 # (math-verify #60); malformed_operators repairs `\frac12`; units drops `\text{ cm}`.
@@ -79,17 +88,99 @@ def mv_parse(text: str) -> list[Any]:
     return parse(boxed(text), extraction_config=EXTRACTION, parsing_timeout=None)  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=8192)
+def _parsed(text: str) -> tuple[Any, ...]:
+    # One cache for golds and answers: `parse` treats both alike. Tuples keep the cache safe
+    # from callers that mutate lists.
+    return tuple(mv_parse(text))
+
+
 @lru_cache(maxsize=4096)
 def parse_gold(gold: str) -> tuple[Any, ...]:
-    # Gold repeats across every sample of a prompt: parse it once. Tuples keep the cache safe
-    # from callers that mutate lists.
-    return tuple(mv_parse(gold))
+    # Gold repeats across every sample of a prompt: parse it once (its own counter, for tests).
+    return _parsed(gold)
 
 
-@lru_cache(maxsize=4096)
 def parse_answer(answer: str) -> tuple[Any, ...]:
     # Samples of one prompt often end in the same answer string (right or wrong).
-    return tuple(mv_parse(answer))
+    return _parsed(answer)
+
+
+# `form` mirrors math_verify.parser.extract_target_from_pred / extract_latex of this version; on
+# any other version it answers "unknown" (None), and the parent then always asks math-verify.
+FORMS_FOR_VERSION = "0.9.0"
+_FORMS_OK = version("math-verify") == FORMS_FOR_VERSION
+
+
+def _latex_group_config(name: str) -> NormalizationConfig:
+    config = EXTRACTION[0].normalization_config
+    parts = name.split("_")
+    if len(parts) > 1 and parts[1] == "latexBoxed":
+        config = dataclasses.replace(config, boxed="last")  # as extract_latex does
+    return config
+
+
+@lru_cache(maxsize=16384)
+def form(text: str) -> tuple[str, str | None] | None:
+    """(key, value) for how math-verify's `parse` would see `text`, without converting to sympy.
+
+    `key` lists, in the order `parse` tries them, every regex match with all its named groups:
+    the LaTeX group as math-verify normalises it (the very string it hands to latex2sympy), the
+    others raw. `parse`'s result depends on nothing else, so two texts with the same key parse
+    to the same list; and `verify` of a list against itself passes, because the first match's
+    normalised string, not empty, is in both lists as the fallback, and equal strings compare
+    equal. `value`: the string the first match hands to latex2sympy when that match has no
+    other group (no percent sign and the like); the parent reads plain numbers from it.
+
+    None (unknown) where that is not certain: no match; an empty first string; a match with
+    other than one LaTeX group (math-verify then builds a set, which may raise outside its try,
+    and `parse` returns []); a normalisation that raises (`parse` would return []); another
+    math-verify version.
+    """
+    if not _FORMS_OK:
+        return None
+    pred = boxed(text)
+    patterns = [
+        (pattern, priority)
+        for target_patterns, _target in get_extraction_regexes(EXTRACTION)  # type: ignore[arg-type]
+        for pattern, priority in target_patterns
+    ]
+    patterns.sort(key=lambda x: x[1])  # stable, as extract_target_from_pred's sort
+    key: list[Any] = []
+    for priority, group in itertools.groupby(patterns, key=lambda x: x[1]):
+        found = [(m, m.start(), m.end()) for pattern, _ in group for m in pattern.finditer(pred)]
+        if not found:
+            continue
+        found.sort(key=lambda x: (x[2], -x[1]), reverse=True)  # rightmost first, as there
+        entries = []
+        for m, _, _ in found:
+            groups = m.groupdict().items()
+            latex = [(name, val) for name, val in groups if "_latex" in name and val]
+            if len(latex) != 1 or not latex[0][0].startswith("first_latex"):
+                return None
+            name, raw = latex[0]
+            normalised = normalize_latex(raw, config=_latex_group_config(name))
+            others = [(n, v) for n, v in groups if "_latex" not in n and v is not None]
+            entries.append((name, normalised, others))
+        key.append((priority, entries))
+    if not key:
+        return None
+    _name, first, others = key[0][1][0]
+    if not first:
+        return None
+    value = None if others else first
+    return json.dumps(key), value
+
+
+def _forms(texts: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for text in texts:
+        try:
+            f = form(text)
+        except Exception:
+            f = None  # `parse` would catch this and return []: leave it to math-verify
+        out.append(None if f is None else {"key": f[0], "value": f[1]})
+    return out
 
 
 def _tiny_value_false_positive(gold: list[Any], answer: list[Any]) -> bool:
@@ -123,6 +214,8 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
 
         time.sleep(float(req.get("seconds", 60)))
         return {"status": "error"}
+    if req["op"] == "forms":
+        return {"status": "ok", "forms": _forms(req["texts"])}
     if req["op"] == "cache_info":
         info = parse_gold.cache_info()
         return {"status": "ok", "hits": info.hits, "misses": info.misses, "size": info.currsize}

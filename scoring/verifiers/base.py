@@ -12,6 +12,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+# Celery's soft time limit is raised inside whatever runs; billiard (Celery's process pool)
+# defines it and has no Django in it, so the verifiers stay importable anywhere.
+from billiard.exceptions import SoftTimeLimitExceeded
+
 
 class Status(enum.StrEnum):
     PASS = "pass"
@@ -94,6 +98,8 @@ class GuardedVerifier:
     def verify(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         try:
             return self.check(candidate, gold, own_config(config, self.name))
+        except SoftTimeLimitExceeded:
+            raise  # the Celery task is out of time: that is no verdict on the sample
         except Exception as exc:
             return error_outcome(exc)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from typing import Any, ClassVar
 
 from scoring.sandbox import (
@@ -88,6 +89,36 @@ def _run_reason(res: SandboxResult) -> str:
     return str(res.exit_reason)
 
 
+# The program and its tests run inside this trusted wrapper. The nonce arrives on stdin and is
+# read before any untrusted line runs, so it is in no file the program could read; it is printed
+# only after the tests ran to the end. A program that exits early (sys.exit(0), os._exit(0),
+# raise SystemExit) therefore fails instead of passing with exit status 0. What stays out of
+# reach of this check: a program written to dig the nonce out of the interpreter's own memory
+# (the sandbox still contains it; the exploit only fakes its own verdict).
+HARNESS = """\
+import sys
+_nonce = sys.stdin.readline().strip()
+sys.stdin.close()
+_source = {source!r}
+try:
+    exec(compile(_source, "solution.py", "exec"), {{"__name__": "__main__"}})
+except SystemExit as _exit:
+    sys.stderr.write("SystemExit: the program exited before its tests finished\\n")
+    sys.exit(3)
+print()
+print(_nonce)
+"""
+
+
+def harnessed(source: str) -> str:
+    return HARNESS.format(source=source)
+
+
+def ran_to_the_end(stdout: str, nonce: str) -> bool:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return bool(lines) and lines[-1].strip() == nonce
+
+
 def assert_source(program: str, tests: dict[str, Any]) -> str:
     if "test_list" in tests:
         imports = "\n".join(tests.get("test_imports") or [])
@@ -99,7 +130,8 @@ def assert_source(program: str, tests: dict[str, Any]) -> str:
 
 class CodeVerifier(GuardedVerifier):
     name: ClassVar[str] = "code"
-    version: ClassVar[int] = 1
+    # 2: assert-style tests must run to the end (an early exit with status 0 no longer passes).
+    version: ClassVar[int] = 2
 
     def check(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         tests = gold.tests
@@ -141,8 +173,12 @@ class CodeVerifier(GuardedVerifier):
     def _run_assert(
         self, program: str, tests: dict[str, Any], limits: SandboxLimits
     ) -> dict[str, Any]:
-        res = run_python(assert_source(program, tests), "", limits)
-        return _entry(0, _run_reason(res), res)
+        nonce = secrets.token_hex(16)
+        res = run_python(harnessed(assert_source(program, tests)), nonce + "\n", limits)
+        reason = _run_reason(res)
+        if reason == "ok" and not ran_to_the_end(res.stdout, nonce):
+            reason = WRONG_ANSWER  # exited 0 without finishing the tests
+        return _entry(0, reason, res)
 
     def _run_io(
         self, program: str, tests: list[Any], limits: SandboxLimits, config: dict[str, Any]

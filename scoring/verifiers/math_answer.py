@@ -7,12 +7,19 @@ Order of work, cheapest first:
 2. Fast path, only where the verdict is certain to be math-verify's: both sides plain numbers
    (integers, decimals, `a/b`, `\\frac{a}{b}`, `\\dfrac12`) -> equal values pass; two exact
    rationals that differ fail; decimals that differ by far more than math-verify's 6-decimal
-   rounding fail. Identical normalised strings pass once the gold is known to parse. Anything
-   else falls through.
-3. math-verify, gold first (`verify(gold, answer)`: the order matters, math-verify is
+   rounding fail. Anything else falls through.
+3. math-verify's own extraction and LaTeX normalisation, without its slow LaTeX-to-sympy step
+   (`forms`, in the worker, cached here by text): two texts whose every regex match normalises
+   alike parse to the same list, and math-verify passes a list against itself (`same_parse`:
+   `18\\text{ units}` / `18`, `\\dfrac` / `\\frac`, `\\left( … \\right)`, or the very same
+   text); the strings latex2sympy would get compared as numbers where they are plain numbers
+   to it (`numbers`: `120^\\circ` is 120, `58,500` is 58500, `204_5` is 204, as math-verify
+   reads them). Anything else, or a math-verify version this was not checked against, falls
+   through.
+4. math-verify, gold first (`verify(gold, answer)`: the order matters, math-verify is
    asymmetric on purpose), in a child process (`_math_worker.py`) that caches each parsed gold
-   (LRU keyed on the gold text) and that the parent kills when it overruns `timeout_s`: math-
-   verify's SIGALRM timeouts work only in a main thread and cannot stop a long C call, so they
+   and answer (LRU keyed on the text) and that the parent kills when it overruns `timeout_s`:
+   math-verify's SIGALRM timeouts work only in a main thread and cannot stop a long C call, so they
    are off (`parsing_timeout=None`, `timeout_seconds=None`). The worker is started lazily, once
    per process (a Celery child after fork gets its own), and restarted after a kill.
 
@@ -45,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -129,6 +137,24 @@ def exact_number(s: str) -> tuple[Fraction, bool] | None:
     return None
 
 
+_DEGREES = re.compile(rf"^(-?{_INT}(?:\.\d+)?)\s*\^(?:\\circ|\{{\\circ\}})$")
+_SUBSCRIPT = re.compile(rf"^(-?{_INT})_(?:\d|\{{\d+\}})$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+
+
+def latex2sympy_number(s: str) -> tuple[Fraction, bool] | None:
+    """`exact_number` for a string exactly as math-verify hands it to latex2sympy (after its own
+    normalisation), plus what latex2sympy reads as a plain number there: `120^\\circ` is 120
+    (degrees are not converted), `204_5` is 204 (a subscript on a number is dropped), `58,500`
+    is 58500 (digit groups, when that is the whole string). Tests pin each against math-verify.
+    """
+    if (m := _DEGREES.match(s)) or (m := _SUBSCRIPT.match(s)):
+        s = m.group(1)
+    elif _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return exact_number(s)
+
+
 @lru_cache(maxsize=65536)
 def _gold_fast(gold: str) -> tuple[str, tuple[Fraction, bool] | None]:
     norm = normalise(gold)
@@ -136,16 +162,18 @@ def _gold_fast(gold: str) -> tuple[str, tuple[Fraction, bool] | None]:
 
 
 def fast_compare(gold: str, answer: str) -> Status | None:
-    """PASS/FAIL when math-verify's verdict is certain from the strings alone, else None.
-
-    String equality is not decided here: it needs the gold to be parseable (the caller checks).
-    """
+    """PASS/FAIL when math-verify's verdict is certain from the strings alone, else None."""
     _, g = _gold_fast(gold)
     if g is None:
         return None
     a = exact_number(normalise(answer))
     if a is None:
         return None
+    return compare_numbers(g, a)
+
+
+def compare_numbers(g: tuple[Fraction, bool], a: tuple[Fraction, bool]) -> Status | None:
+    """Two plain numbers from `exact_number`, as math-verify compares them; None if unsure."""
     (gv, gdec), (av, adec) = g, a
     if gv == av:
         return Status.PASS
@@ -271,15 +299,32 @@ def worker() -> MathWorker:
         return _worker
 
 
-@lru_cache(maxsize=4096)
-def _gold_parses(gold: str, timeout_s: float) -> bool | None:
-    """Whether math-verify can parse the gold (True/False), None when that could not be told."""
-    reply = worker().request({"op": "gold", "gold": gold}, timeout_s)
-    if reply["status"] == "ok":
-        return True
-    if reply["status"] == "gold_unparsable":
-        return False
-    raise _Uncertain(reply)  # a timeout or error: lru_cache does not keep exceptions, ask again
+@dataclass(frozen=True)
+class Form:
+    """How math-verify's `parse` sees a text, from the worker's `form` (see there): texts with
+    equal keys parse to the same list; `value` is the string latex2sympy gets, where plain."""
+
+    key: str
+    value: str | None
+
+
+_FORMS_CACHE_SIZE = 65536
+_forms_cache: dict[str, Form | None] = {}
+
+
+def forms(texts: tuple[str, ...], timeout_s: float) -> list[Form | None]:
+    """The worker's `form` of each text (None: unknown), cached here by text: a gold's is asked
+    once, and the texts not yet known go in one round trip."""
+    missing = [t for t in dict.fromkeys(texts) if t not in _forms_cache]
+    if missing:
+        reply = worker().request({"op": "forms", "texts": missing}, timeout_s)
+        if reply.get("status") != "ok":
+            raise _Uncertain(reply)
+        if len(_forms_cache) + len(missing) > _FORMS_CACHE_SIZE:
+            _forms_cache.clear()
+        for text, f in zip(missing, reply["forms"], strict=True):
+            _forms_cache[text] = None if f is None else Form(f["key"], f["value"])
+    return [_forms_cache.get(t) for t in texts]
 
 
 class _Uncertain(Exception):
@@ -296,7 +341,7 @@ class MathVerifier(GuardedVerifier):
     also look for a boxed answer in the reasoning when the answer part has none)."""
 
     name: ClassVar[str] = "math"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def check(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         gold_text = (gold.answer or "").strip()
@@ -316,14 +361,20 @@ class MathVerifier(GuardedVerifier):
             return _outcome(fast, details, path="fast")
         if equation_not_a_value(gold_text, answer):
             return _outcome(Status.FAIL, details, path="guard", reason="equation_not_a_value")
-        if normalise(answer) == _gold_fast(gold_text)[0]:
-            try:
-                parses = _gold_parses(gold_text, timeout_s)
-            except _Uncertain as exc:
-                return _worker_outcome(exc.reply, details)
-            if not parses:
-                return Outcome(Status.SKIPPED, 0.0, {**details, "reason": "gold_unparsable"})
-            return _outcome(Status.PASS, details, path="fast")
+        # Cheaper than math-verify's parse: its extraction and normalisation, without sympy.
+        try:
+            g_form, a_form = forms((gold_text, answer), timeout_s)
+        except _Uncertain as exc:
+            return _worker_outcome(exc.reply, details)
+        if g_form is not None and a_form is not None:
+            if g_form.key == a_form.key:
+                return _outcome(Status.PASS, details, path="same_parse")
+            g_num = latex2sympy_number(g_form.value) if g_form.value is not None else None
+            a_num = latex2sympy_number(a_form.value) if a_form.value is not None else None
+            if g_num is not None and a_num is not None:
+                verdict = compare_numbers(g_num, a_num)
+                if verdict is not None:
+                    return _outcome(verdict, details, path="numbers")
 
         try:
             reply = _verdict(gold_text, answer, timeout_s)

@@ -16,15 +16,18 @@ from tests.factories import NodeFactory, PromptFactory, PromptSetFactory, sample
 pytestmark = pytest.mark.django_db
 
 
-def test_me_answers_with_the_token_owner(api):
+def test_me_answers_with_the_token_owner_and_the_servers_limits(api, settings):
+    settings.THINKPOOL = {**settings.THINKPOOL, "MAX_SAMPLES_PER_UPLOAD": 64}
     response = api.get("/api/v1/me/")
     assert response.status_code == 200
-    assert response.json() == {
-        "username": "alice",
-        "handle": "alice",
-        "hf_username": "",
-        "public_attribution": True,
-    }
+    body = response.json()
+    assert (body["username"], body["handle"], body["public_attribution"]) == (
+        "alice",
+        "alice",
+        True,
+    )
+    assert body["limits"]["max_samples_per_upload"] == 64
+    assert body["limits"]["max_body_bytes"] == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 def test_register_node_then_reregister_keeps_the_id(api, user):
@@ -170,13 +173,54 @@ def test_partial_acceptance_keeps_the_good_samples(api, lease):
     assert Sample.objects.count() == 1
 
 
-def test_extra_samples_beyond_the_item_are_kept_but_not_counted(api, lease):
+def test_samples_beyond_what_the_item_asked_are_rejected(api, lease):
     item = lease["items"][0]
     samples = [sample_payload(item["id"]) for _ in range(item["sampling"]["n"] + 1)]
-    api.post(f"/api/v1/leases/{lease['id']}/samples/", {"samples": samples}, format="json")
+    response = api.post(
+        f"/api/v1/leases/{lease['id']}/samples/", {"samples": samples}, format="json"
+    ).json()
+    assert len(response["accepted"]) == 2
+    assert response["rejected"] == [
+        {
+            "client_id": samples[-1]["client_id"],
+            "error": {"code": "item_full", "message": "This item asked for 2 samples."},
+        }
+    ]
     slot = Slot.objects.get(lease_items__id=item["id"])
     assert (slot.filled, slot.outstanding, slot.target) == (2, 0, 2)
-    assert sorted(Sample.objects.values_list("counted", flat=True)) == [False, True, True]
+    assert Sample.objects.count() == 2
+
+
+def test_a_sample_of_another_model_is_rejected(api, lease):
+    bad = sample_payload(lease["items"][0]["id"], model="someone/else")
+    response = api.post(
+        f"/api/v1/leases/{lease['id']}/samples/", {"samples": [bad]}, format="json"
+    ).json()
+    assert response["rejected"][0]["error"]["code"] == "model_mismatch"
+    assert Sample.objects.count() == 0
+
+
+def test_heartbeats_cannot_keep_a_lease_forever(api, node, lease, settings):
+    settings.THINKPOOL = {**settings.THINKPOOL, "MAX_LEASE_LIFETIME_S": 600}
+    now = timezone.now()
+    created = now - timedelta(seconds=590)
+    Lease.objects.filter(pk=lease["id"]).update(
+        created_at=created, deadline=now + timedelta(seconds=5)
+    )
+    assert (
+        api.post(f"/api/v1/nodes/{node.pk}/heartbeat/", {}, format="json").json()["leases_extended"]
+        == 1
+    )
+    # Extended to the lifetime's end (10 s away), not by a whole lease length (an hour).
+    assert Lease.objects.get(pk=lease["id"]).deadline == created + timedelta(seconds=600)
+
+
+def test_temperatures_are_matched_after_rounding(api, lease):
+    near = sample_payload(lease["items"][0]["id"], temperature=0.6000000001)
+    response = api.post(
+        f"/api/v1/leases/{lease['id']}/samples/", {"samples": [near]}, format="json"
+    ).json()
+    assert len(response["accepted"]) == 1
 
 
 def test_release_returns_unfinished_slots_to_the_pool(api, lease):

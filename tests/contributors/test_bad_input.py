@@ -368,3 +368,36 @@ def test_unknown_api_path_is_json_404(api):
     response = api.get("/api/v1/nothing-here/")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"samples": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+        b'{"name": "x", "backend": "openai", "models": [{"id": "m"}], "hardware": {"x": 1e400}}',
+    ],
+)
+def test_deep_nesting_and_infinite_numbers_are_400(api, raw):
+    before = snapshot()
+    response = api.generic("POST", "/api/v1/nodes/", raw, content_type="application/json")
+    assert response.status_code == 400
+    assert error_code(response) == "parse_error"
+    assert snapshot() == before
+
+
+def test_nul_inside_json_fields_is_400_not_a_database_error(api, lease):
+    before = snapshot()
+    node = {
+        "name": "x",
+        "backend": "openai",
+        "models": [{"id": "m"}],
+        "hardware": {"gpu": "a\x00b"},
+    }
+    response = api.post("/api/v1/nodes/", node, format="json")
+    assert response.status_code == 400
+    assert "hardware" in response.json()["error"]["fields"]
+    bad = sample_payload(lease["items"][0]["id"])
+    bad["sampling"] = {**bad["sampling"], "stop": ["\x00"]}
+    upload = api.post(f"/api/v1/leases/{lease['id']}/samples/", {"samples": [bad]}, format="json")
+    assert "sampling" in upload.json()["rejected"][0]["error"]["fields"]
+    assert snapshot() == before

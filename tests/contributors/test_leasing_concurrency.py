@@ -130,3 +130,30 @@ def test_concurrent_leasers_never_over_assign_and_fill_every_slot(settings):
     assert set(slots) == {(target, 0, target)}
     assert Sample.objects.filter(counted=True).count() == expected_slots * target
     assert Sample.objects.filter(counted=False).count() == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_lease_requests_cannot_pass_the_per_node_cap_together(settings):
+    settings.THINKPOOL = {**settings.THINKPOOL, "MAX_LIVE_LEASES_PER_NODE": 2}
+    PromptFactory.create_batch(40, prompt_set=PromptSetFactory())
+    user = UserFactory(username="hoarder")
+    node = NodeFactory(owner=user)
+    clients = [client_for(user) for _ in range(10)]
+    barrier = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def lease(api) -> None:  # type: ignore[no-untyped-def]
+        try:
+            barrier.wait()
+            body = {"node": node.pk, "model": "org/model-a", "max_prompts": 1}
+            codes.append(api.post("/api/v1/leases/", body, format="json").status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=lease, args=(api,)) for api in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(codes) == [201, 201] + [409] * 8

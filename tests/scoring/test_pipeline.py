@@ -63,7 +63,9 @@ def test_a_right_answer_is_verified_with_a_verdict_per_verifier():
         "repetition": "pass",
         "truncation": "pass",
     }
-    assert set(Verdict.objects.filter(sample=sample).values_list("version", flat=True)) == {1}
+    assert set(Verdict.objects.filter(sample=sample).values_list("verifier", "version")) == {
+        (name, REGISTRY[name].version) for name in verdicts(sample)
+    }
 
 
 def test_a_wrong_answer_is_rejected_with_a_reason_that_hides_the_gold():
@@ -114,8 +116,16 @@ def test_scoring_twice_keeps_one_verdict_per_verifier_and_version():
     first = list(Verdict.objects.filter(sample=sample).order_by("pk").values_list("pk", "status"))
     # A redelivered task: the sample is settled, so the claim fails and nothing changes.
     assert pipeline.score_sample(sample_id=sample.pk) is False
-    # A task that died after the claim: the sample is still `scoring`; running again reuses.
-    Sample.objects.filter(pk=sample.pk).update(status=SampleStatus.SCORING)
+    # A duplicate message while another task holds the sample: not claimed, not run twice.
+    Sample.objects.filter(pk=sample.pk).update(
+        status=SampleStatus.SCORING, status_changed_at=timezone.now()
+    )
+    assert pipeline.score_sample(sample_id=sample.pk) is False
+    # A task that died after the claim: once stale, the sample is claimed again, and the
+    # verdicts it already has are reused.
+    Sample.objects.filter(pk=sample.pk).update(
+        status_changed_at=timezone.now() - timedelta(hours=2)
+    )
     assert pipeline.score_sample(sample_id=sample.pk) is True
     assert (
         list(Verdict.objects.filter(sample=sample).order_by("pk").values_list("pk", "status"))
@@ -139,6 +149,9 @@ def test_sweeper_finds_samples_stuck_before_a_verdict_and_resets_their_clock(set
     Sample.objects.exclude(pk=fresh.pk).update(status_changed_at=old)
     assert pipeline.stuck_sample_ids() == [stuck_received.pk, stuck_scoring.pk]
     assert pipeline.stuck_sample_ids() == []  # clock reset: the next sweep leaves them alone
+    # Back to `received`, so the task the sweeper queues can claim them.
+    assert Sample.objects.get(pk=stuck_scoring.pk).status == SampleStatus.RECEIVED
+    assert pipeline.claim(sample_id=stuck_scoring.pk) is True
     assert Sample.objects.get(pk=done.pk).status == SampleStatus.VERIFIED
 
 
@@ -148,12 +161,16 @@ def test_rescore_rejudges_only_what_a_new_version_changed(monkeypatch):
     pipeline.score_sample(sample_id=sample.pk)
     before = dict(Verdict.objects.filter(sample=sample).values_list("verifier", "pk"))
 
-    monkeypatch.setattr(type(REGISTRY["math"]), "version", 2)
+    old_version = REGISTRY["math"].version
+    monkeypatch.setattr(type(REGISTRY["math"]), "version", old_version + 1)
     out = StringIO()
     call_command("rescore", "--set", "rescore-me", stdout=out)
     assert "rescore-me: 1 samples to judge again" in out.getvalue()
     after = Verdict.objects.filter(sample=sample)
-    assert set(after.filter(verifier="math").values_list("version", flat=True)) == {1, 2}
+    assert set(after.filter(verifier="math").values_list("version", flat=True)) == {
+        old_version,
+        old_version + 1,
+    }
     unchanged = dict(after.exclude(verifier="math").values_list("verifier", "pk"))
     assert unchanged == {k: v for k, v in before.items() if k != "math"}
     assert Sample.objects.get(pk=sample.pk).status == SampleStatus.VERIFIED
@@ -193,3 +210,32 @@ def test_code_samples_are_judged_in_the_sandbox():
     assert Sample.objects.get(pk=bad.pk).status == SampleStatus.REJECTED
     assert Sample.objects.get(pk=bad.pk).status_reason == "code: fail"
     assert Verdict.objects.get(sample=bad, verifier="code").status == Status.FAIL
+
+
+def test_error_verdicts_are_computed_again_not_reused(monkeypatch):
+    sample = make_sample()
+    pipeline.score_sample(sample_id=sample.pk)
+    Verdict.objects.filter(sample=sample, verifier="math").update(status="error", details={})
+    Sample.objects.filter(pk=sample.pk).update(status=SampleStatus.ERROR)
+    out = StringIO()
+    call_command("rescore", "--verifier", "math", stdout=out)
+    assert "total: 1 queued" in out.getvalue()
+    assert Verdict.objects.get(sample=sample, verifier="math").status == "pass"
+    assert Sample.objects.get(pk=sample.pk).status == SampleStatus.VERIFIED
+
+
+def test_a_bad_verifier_config_errors_the_sample_with_the_reason():
+    prompt_set = PromptSetFactory(verifier_config={"enable": ["lang"]})
+    sample = make_sample(prompt_set=prompt_set)
+    assert pipeline.score_sample(sample_id=sample.pk) is True
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.ERROR
+    assert sample.status_reason.startswith("verifier configuration: unknown verifiers ['lang']")
+
+
+def test_prompt_set_validation_rejects_unknown_verifiers():
+    from django.core.exceptions import ValidationError
+
+    prompt_set = PromptSetFactory.build(verifier_config={"enable": ["lang"]})
+    with pytest.raises(ValidationError, match="unknown verifiers"):
+        prompt_set.full_clean()

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Exists, OuterRef, Q
 
 from scoring.models import PromptSet, Sample, Verdict
+from scoring.pipeline import SETTLED_VERDICTS
 from scoring.tasks import queue_scoring
 from scoring.verifiers import REGISTRY, verifiers_for
 
@@ -34,13 +35,17 @@ class Command(BaseCommand):
                 verifiers = [v for v in verifiers if v.name == opts["verifier"]]
             if not verifiers:
                 continue
-            # A sample is stale if any of its set's verifiers has no verdict at its version.
+            # Stale: some verifier of its set has no settled verdict (pass, fail, skipped) at
+            # its current version; an `error` or `timeout` verdict is tried again.
             stale: Q = Q()
             for verifier in verifiers:
                 stale |= Q(
                     ~Exists(
                         Verdict.objects.filter(
-                            sample=OuterRef("pk"), verifier=verifier.name, version=verifier.version
+                            sample=OuterRef("pk"),
+                            verifier=verifier.name,
+                            version=verifier.version,
+                            status__in=SETTLED_VERDICTS,
                         )
                     )
                 )

@@ -120,3 +120,27 @@ def test_unsafe_flag_bypasses_loudly(
     assert all(t.get("unsandboxed") for t in details["tests"])
     warnings = [r for r in caplog.records if "WITHOUT a sandbox" in r.getMessage()]
     assert len(warnings) == 2  # one per run, every time
+
+
+@pytest.mark.parametrize(
+    "cheat",
+    [
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "raise SystemExit(0)",
+        "import sys\nprint(sys.stdin.read())\nsys.exit(0)",
+        "import atexit, sys\natexit.register(lambda: print('ok'))\nsys.exit(0)",
+    ],
+)
+def test_a_program_that_exits_before_the_tests_does_not_pass(cheat: str) -> None:
+    tests = {
+        "test": "def check(candidate):\n    assert candidate(2) == 4\n",
+        "entry_point": "double",
+    }
+    completion = (
+        f"<think>Leave early.</think>\n```python\n{cheat}\ndef double(x):\n    return x\n```"
+    )
+    outcome = CodeVerifier().verify(Candidate(completion=completion), Gold(tests=tests), {})
+    assert outcome.status is Status.FAIL
+    assert outcome.details["reason"] in {"wrong_answer", "runtime_error"}
+    assert outcome.details["passed"] == 0

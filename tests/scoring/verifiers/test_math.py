@@ -194,8 +194,9 @@ def test_gold_is_parsed_once_per_gold_text() -> None:
     w = math_answer.worker()
     gold = r"\frac{\sqrt{3}}{7}"
     before = w.request({"op": "cache_info", "gold": ""}, 5)
-    for answer in (r"\sqrt{3}/7", r"\frac{3}{7}", r"\frac{\sqrt 3}{7}"):
-        judge(rf"\boxed{{{answer}}}", gold)
+    # Three answers that each need math-verify (none parses the same as the gold).
+    for answer in (r"\sqrt{3}/7", r"\frac{3}{7}", r"\sqrt{3} \cdot \frac{1}{7}"):
+        assert judge(rf"\boxed{{{answer}}}", gold)[1]["path"] == "math_verify"
     after = w.request({"op": "cache_info", "gold": ""}, 5)
     assert after["misses"] - before["misses"] == 1
     assert after["hits"] - before["hits"] == 2

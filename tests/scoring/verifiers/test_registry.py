@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from scoring.verifiers import REGISTRY, section, verifiers_for
-from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, Status
+from scoring.verifiers import REGISTRY, verifiers_for
+from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, Status, own_config
 
 
 def names(domain: str, config: dict | None = None) -> list[str]:
@@ -49,10 +49,11 @@ def test_config_overrides() -> None:
         verifiers_for("poetry", {})
 
 
-def test_section_and_own_config() -> None:
-    cfg = {"math": {"timeout_s": 2}, "language": "en", "threshold": 0.5}
-    assert section(cfg, "math") == {"timeout_s": 2}
-    assert section(cfg, "code") == {}
+def test_own_config_merges_top_level_keys_under_the_verifiers_section() -> None:
+    cfg = {"math": {"timeout_s": 2}, "language": "en", "threshold": 0.5, "timeout_s": 9}
+    assert own_config(cfg, "math") == {"timeout_s": 2, "language": "en", "threshold": 0.5}
+    assert own_config(cfg, "code")["timeout_s"] == 9  # no section of its own: top level
+    assert own_config(cfg, "language")["language"] == "en"
 
 
 def test_guarded_verifier_turns_exceptions_into_error() -> None:
