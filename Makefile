@@ -12,7 +12,7 @@ export DEBUG ?= 1
 	# `torch` (or one from plain PyPI) is a CUDA build of several GB.
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q "torch==2.13.0"
-	.venv/bin/pip install -q -e ".[worker,models,dev]"
+	.venv/bin/pip install -q -e ".[server,worker,models,dev]"
 	touch $@
 
 run: .venv/installed
