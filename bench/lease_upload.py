@@ -225,6 +225,14 @@ def main() -> None:
         "THINKPOOL_MAX_LIVE_LEASES_PER_USER": "1000",
     }
     manage("migrate", "--noinput", "-v0", env=env)
+    # Earlier runs' sets would be walked by every lease of this one: retire them.
+    manage(
+        "shell",
+        "-c",
+        "from scoring.models import PromptSet; "
+        "PromptSet.objects.filter(name__startswith='bench-').update(is_active=False)",
+        env=env,
+    )
     set_name = f"bench-{int(time.time())}"
     prompts_file = Path(f"/tmp/{set_name}.jsonl")
     from scoring.generators import generate

@@ -133,38 +133,80 @@ def heartbeat(*, node: ComputeNode) -> int:
 MATERIALISE_CHUNK = 512
 
 
-def _materialise_slots(*, prompt_set: PromptSet, model: str, wanted: int) -> None:
-    """Makes slots for up to `wanted` more prompts of the set, per temperature, beyond each
-    (set, model, temperature) frontier. The frontier row is locked while it moves, so two
-    leasers never make the same slots; a leaser that finds nothing new pays one indexed read."""
+def _untouched_slots(prompt_set: PromptSet, model: str, need: int) -> int:
+    return _open_slots(prompt_set, model).filter(filled=0, outstanding=0)[:need].count()
+
+
+def ensure_fresh_slots(*, prompt_set: PromptSet, model: str, need: int) -> bool:
+    """Makes sure at least `need` untouched slots of the set exist for `model` while prompts
+    without slots remain, making the next chunk if not. Each (set, model, temperature) moves
+    its frontier in its own short transaction that commits before leasing starts, so the new
+    slots are visible to every leaser at once and the frontier lock is held only briefly.
+    Returns True if prompts without slots remain after this."""
+    behind = _frontier_behind(prompt_set, model)
+    if not behind or _untouched_slots(prompt_set, model, need) >= need:
+        return behind
     for temperature in prompt_set.temperatures:
-        frontier, _ = SlotFrontier.objects.get_or_create(
-            prompt_set=prompt_set, model=model, temperature=normalise_temperature(temperature)
+        temperature = normalise_temperature(temperature)
+        key, _ = SlotFrontier.objects.get_or_create(
+            prompt_set=prompt_set, model=model, temperature=temperature
         )
-        frontier = SlotFrontier.objects.select_for_update().get(pk=frontier.pk)
-        ids = list(
-            Prompt.objects.filter(prompt_set=prompt_set, pk__gt=frontier.last_prompt_id)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:wanted]
+        with transaction.atomic():
+            frontier = SlotFrontier.objects.select_for_update().get(pk=key.pk)
+            # Another leaser may have made them while we waited for the lock.
+            if _untouched_slots(prompt_set, model, need) >= need:
+                continue
+            ids = list(
+                Prompt.objects.filter(prompt_set=prompt_set, pk__gt=frontier.last_prompt_id)
+                .order_by("pk")
+                .values_list("pk", flat=True)[: max(need, MATERIALISE_CHUNK)]
+            )
+            if not ids:
+                continue
+            Slot.objects.bulk_create(
+                [
+                    Slot(
+                        prompt_id=pk,
+                        prompt_set=prompt_set,
+                        model=model,
+                        temperature=temperature,
+                        target=prompt_set.slot_target,
+                    )
+                    for pk in ids
+                ],
+                # Slots made before frontiers existed (an older database) are kept as they are.
+                ignore_conflicts=True,
+            )
+            frontier.last_prompt_id = ids[-1]
+            frontier.save(update_fields=["last_prompt_id"])
+    return _frontier_behind(prompt_set, model)
+
+
+def _frontier_behind(prompt_set: PromptSet, model: str) -> bool:
+    """Whether some prompt of the set still has no slot for `model` at some temperature."""
+    frontiers = dict(
+        SlotFrontier.objects.filter(prompt_set=prompt_set, model=model).values_list(
+            "temperature", "last_prompt_id"
         )
-        if not ids:
-            continue
-        Slot.objects.bulk_create(
-            [
-                Slot(
-                    prompt_id=pk,
-                    prompt_set=prompt_set,
-                    model=model,
-                    temperature=normalise_temperature(temperature),
-                    target=prompt_set.slot_target,
-                )
-                for pk in ids
-            ],
-            # Offline uploads do not make slots, but a frontier reset by hand could repeat ids.
-            ignore_conflicts=True,
-        )
-        frontier.last_prompt_id = ids[-1]
-        frontier.save(update_fields=["last_prompt_id"])
+    )
+    newest = (
+        Prompt.objects.filter(prompt_set=prompt_set)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if newest is None:
+        return False
+    return any(frontiers.get(normalise_temperature(t), 0) < newest for t in prompt_set.temperatures)
+
+
+def _take_slots(prompt_set: PromptSet, model: str, need: int) -> list[Slot]:
+    """Locks up to `need` open slots, least covered first, skipping any another leaser holds."""
+    return list(
+        _open_slots(prompt_set, model)
+        .order_by("filled", "outstanding", "pk")
+        .select_for_update(skip_locked=True, of=("self",))[:need]
+    )
 
 
 def _open_slots(prompt_set: PromptSet, model: str):  # type: ignore[no-untyped-def]
@@ -173,23 +215,14 @@ def _open_slots(prompt_set: PromptSet, model: str):  # type: ignore[no-untyped-d
     )
 
 
-@transaction.atomic
 def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | None:
     """Hands the node up to `max_prompts` slots still short of their target, for `model`.
 
-    Highest set priority first, least-covered slots first. On PostgreSQL the slots are taken
-    with SELECT … FOR UPDATE SKIP LOCKED, so concurrent leasers never block on or double-book
-    a slot; on SQLite the IMMEDIATE transaction serialises leasers.
+    Highest set priority first, least-covered slots first. Slots for prompts not yet leased
+    to this model are made first, in short transactions of their own; then one transaction
+    takes slots with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent leasers
+    never block on or double-book a slot (on SQLite the IMMEDIATE transaction serialises them).
     """
-    cfg = settings.THINKPOOL
-    now = timezone.now()
-    user = node.owner
-    ensure_profile(user=user)
-    # The caps below are check-then-act: holding the contributor's profile row makes one
-    # contributor's lease requests take turns, so N concurrent requests cannot all pass them.
-    profile = Profile.objects.select_for_update().get(user=user)
-    if profile.banned:
-        raise ServiceError("banned", "This account may not lease work.", status=403)
     served = {m.get("id") for m in node.models_served if isinstance(m, dict)}
     if model not in served:
         raise ServiceError(
@@ -197,6 +230,35 @@ def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | 
             f"Node {node.name!r} did not register model {model!r}; register it first.",
             status=400,
         )
+    max_prompts = min(max_prompts, settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"])
+    sets = [
+        ps
+        for ps in PromptSet.objects.filter(is_active=True).order_by("-priority", "pk")
+        if ps.admits_model(model)
+    ]
+    ensure_profile(user=node.owner)
+    for _ in range(3):
+        more = [ensure_fresh_slots(prompt_set=ps, model=model, need=max_prompts) for ps in sets]
+        lease = _lease_open_slots(node=node, model=model, max_prompts=max_prompts, sets=sets)
+        # Empty-handed only because concurrent leasers took every open slot while prompts
+        # without slots remain: make more and try again rather than say "no work".
+        if lease is not None or not any(more):
+            return lease
+    return None
+
+
+@transaction.atomic
+def _lease_open_slots(
+    *, node: ComputeNode, model: str, max_prompts: int, sets: list[PromptSet]
+) -> Lease | None:
+    cfg = settings.THINKPOOL
+    now = timezone.now()
+    user = node.owner
+    # The caps below are check-then-act: holding the contributor's profile row makes one
+    # contributor's lease requests take turns, so N concurrent requests cannot all pass them.
+    profile = Profile.objects.select_for_update().get(user=user)
+    if profile.banned:
+        raise ServiceError("banned", "This account may not lease work.", status=403)
     live = Lease.objects.filter(state=LeaseState.LIVE, deadline__gt=now)
     if live.filter(node=node).count() >= cfg["MAX_LIVE_LEASES_PER_NODE"]:
         raise ServiceError(
@@ -209,27 +271,13 @@ def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | 
             "too_many_live_leases",
             f"This account already holds {cfg['MAX_LIVE_LEASES_PER_CONTRIBUTOR']} live leases.",
         )
-    max_prompts = min(max_prompts, cfg["MAX_PROMPTS_PER_LEASE"])
 
     picked: list[tuple[Slot, int, PromptSet]] = []
-    for prompt_set in PromptSet.objects.filter(is_active=True).order_by("-priority", "pk"):
+    for prompt_set in sets:
         need = max_prompts - len(picked)
         if need <= 0:
             break
-        if not prompt_set.admits_model(model):
-            continue
-        # Keep at least `need` untouched slots ahead of the leasers while prompts remain.
-        fresh = _open_slots(prompt_set, model).filter(filled=0, outstanding=0)[:need].count()
-        if fresh < need:
-            _materialise_slots(
-                prompt_set=prompt_set, model=model, wanted=max(need - fresh, MATERIALISE_CHUNK)
-            )
-        slots = list(
-            _open_slots(prompt_set, model)
-            .order_by("filled", "outstanding", "pk")
-            .select_for_update(skip_locked=True, of=("self",))[:need]
-        )
-        for slot in slots:
+        for slot in _take_slots(prompt_set, model, need):
             give = min(prompt_set.samples_per_prompt, slot.short_by)
             if give > 0:
                 picked.append((slot, give, prompt_set))
