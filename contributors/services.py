@@ -400,6 +400,8 @@ def _within_quota(user: Any, to_store: _Pending, result: IngestResult) -> _Pendi
     quota = profile.quota_samples_per_day if profile is not None else None
     if quota is None:
         return to_store
+    # Two uploads at once must not both fit in the same room: they take turns on the profile.
+    Profile.objects.select_for_update().filter(pk=profile.pk).first()
     since = timezone.now() - timedelta(days=1)
     room = max(quota - Sample.objects.filter(contributor=user, received_at__gte=since).count(), 0)
     for s, _, _ in to_store[room:]:
