@@ -396,10 +396,10 @@ _Pending = list[tuple[SampleIn, Sample, LeaseItem | None]]
 
 def _within_quota(user: Any, to_store: _Pending, result: IngestResult) -> _Pending:
     """Keeps what fits in the contributor's daily quota (if they have one); rejects the rest."""
-    profile = getattr(user, "profile", None)
-    quota = profile.quota_samples_per_day if profile is not None else None
-    if quota is None:
+    profile: Profile | None = getattr(user, "profile", None)
+    if profile is None or profile.quota_samples_per_day is None:
         return to_store
+    quota = profile.quota_samples_per_day
     # Two uploads at once must not both fit in the same room: they take turns on the profile.
     Profile.objects.select_for_update().filter(pk=profile.pk).first()
     since = timezone.now() - timedelta(days=1)
