@@ -10,7 +10,7 @@ from django.db.models import Count, Sum
 from django.http import Http404
 from django.utils import timezone
 
-from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState, Profile
+from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState, Profile, Slot
 from scoring.models import PromptSet, Sample
 
 
@@ -59,8 +59,6 @@ def _compute_stats() -> dict[str, Any]:
     by_status = dict(
         Sample.objects.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
     )
-    from contributors.models import Slot
-
     slots = Slot.objects.aggregate(target=Sum("target"), filled=Sum("filled"))
     return {
         "prompt_sets": PromptSet.objects.filter(is_active=True).count(),

@@ -50,10 +50,6 @@ class ImportReport:
     duplicates: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.invalid
-
 
 class ImportRejected(Exception):
     def __init__(self, report: ImportReport):
