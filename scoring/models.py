@@ -136,6 +136,9 @@ class Prompt(models.Model):
     text_hash = models.CharField(max_length=64, help_text="sha256 of the normalised text.")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Closed to collection: never leased or judged for credit again, and only now may its gold
+    # (and the per-sample verdicts that depend on it) be disclosed. See scoring/disclosure.py.
+    closed_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         constraints = [
@@ -200,12 +203,21 @@ class Sample(models.Model):
     quarantined = models.BooleanField(default=False)
     received_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # The scoring claim (scoring/pipeline.py): every claim adds one to `attempts`; the task that
+    # holds it is `claim_key` (its Celery task id, which a retry and a redelivery keep), and
+    # finishing is conditional on both. Past THINKPOOL["MAX_SCORING_ATTEMPTS"] the sample ends
+    # `error` with reason "poison".
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claim_key = models.CharField(max_length=64, blank=True)
+    # A transient verifier error is judged again, with back-off, from this time on.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["status", "status_changed_at"]),
             models.Index(fields=["prompt", "model", "temperature"]),
             models.Index(fields=["contributor", "-received_at"]),
+            models.Index(fields=["status", "next_attempt_at"]),
         ]
 
     def __str__(self) -> str:
