@@ -2,13 +2,17 @@
 
 Math: real-shaped completions built from MATH-500 and GSM8K (a few hundred words of reasoning
 and a boxed answer: right, wrong, or right but reformatted: `\\frac{1}{2}` / `\\dfrac12` / `1/2` /
-`0.5`, `18` / `18.0` / `18\\text{ dollars}`), judged by our MathVerifier and by the open-r1 way
+`0.5`, `18` / `18.0` / `18\\text{ units}`), judged by our MathVerifier and by the open-r1 way
 (math-verify `parse` of the gold and of the whole completion for every sample, no cache, no
 fast path, `verify(gold, answer)`), with the same extraction config. Reports samples per CPU
-second (parent plus math worker process for ours) and the verdict agreement.
+second (parent plus math worker process for ours) and the verdict agreement; then, untimed,
+how many of a few forged answers (wrong answers written to pass: hedges, false equations,
+prose in a box) each judge accepts.
 
-Sandbox: test executions per second on all cores (HumanEval canonical solutions with their
-tests), and the per-run overhead of the sandbox against a plain subprocess.
+Sandbox: gradings per second, one at a time and on all cores (HumanEval canonical solutions
+against their tests: a trusted harness and the program, each in its own sandbox and cgroup),
+and the time of one run against a plain `python3 -c pass` subprocess: one sandboxed program
+(a stdin/stdout test) and one graded function test (harness + program).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring.sandbox import run_plain, run_python
+from scoring import grader
+from scoring.sandbox import SandboxLimits, capabilities, interpreter, run_python
 from scoring.verifiers import (
     CodeVerifier,
     MathVerifier,
@@ -190,6 +196,39 @@ def bench_math(n: int, per_prompt: int) -> None:
     for (_c, g, kind), o, t in zip(samples, ours, theirs, strict=True):
         if (o.status is Status.PASS) != bool(t):
             print(f"    disagree [{kind}] gold={g!r} ours={o.status} {o.details} open-r1={t}")
+    forged = [
+        (Candidate(completion=f"<think>\n{FILLER}\n</think>\n\n{a}"), g) for a, g in FORGERIES
+    ]
+    ours_forged = sum(
+        verifier.verify(c, Gold(answer=g), {}).status is Status.PASS for c, g in forged
+    )
+    theirs_forged = sum(bool(open_r1_way(c, g)) for c, g in forged)
+    print(
+        f"  forged answers accepted (untimed): ours {ours_forged}/{len(forged)}, "
+        f"open-r1 way {theirs_forged}/{len(forged)}"
+    )
+
+
+# Wrong answers written to pass (issue 7), with the gold they target.
+FORGERIES = [
+    (r"It is either $\boxed{7}$ or $\boxed{5}$.", "5"),
+    ("The answer is 42. Wait, I answered too fast: the answer is 17.", "42"),
+    (r"The answer is $\boxed{5\text{ is not the answer}}$.", "5"),
+    (r"The answer is $\boxed{7 = 5}$.", "5"),
+    (r"The answer is $\boxed{x = 7 = 5}$.", "5"),
+    (r"The answer is $\boxed{S = \sum_{k=0}^{n} k}$.", r"S = \prod_{k=0}^{n} k"),
+    (r"The answer is $\boxed{5\text{ cm} - 3\text{ cm}}$.", "5"),
+    (r"The answer is $\boxed{2\mathbf{v} + \mathbf{w}}$.", "2"),
+]
+
+
+def _median_ms(fn: Any, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 def bench_sandbox(runs: int) -> None:
@@ -200,11 +239,13 @@ def bench_sandbox(runs: int) -> None:
         c = Candidate(
             completion=f"<think>x</think>```python\n{row['prompt']}{row['canonical_solution']}```"
         )
-        gold = Gold(tests={"test": row["test"], "entry_point": row["entry_point"]})
+        gold = Gold(
+            tests={"test": row["test"], "entry_point": row["entry_point"], "context": row["prompt"]}
+        )
         return verifier.verify(c, gold, {}).status
 
     cores = os.cpu_count() or 1
-    print(f"\nSandbox ({cores} cores):")
+    print(f"\nSandbox ({cores} cores): {capabilities()}")
     for threads in (1, cores, 2 * cores):
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
@@ -212,19 +253,33 @@ def bench_sandbox(runs: int) -> None:
         wall = time.perf_counter() - t0
         ok = sum(s is Status.PASS for s in statuses)
         print(
-            f"  HumanEval canonical, {threads} at a time: {len(rows) / wall:.0f} test executions/s "
-            f"({ok}/{len(rows)} pass)"
+            f"  HumanEval canonical, harness + program, {threads} at a time: "
+            f"{len(rows) / wall:.1f} gradings/s ({ok}/{len(rows)} pass)"
         )
-    sandboxed = []
-    plain = []
-    for _ in range(runs):
-        sandboxed.append(run_python("pass").wall_ms)
-        plain.append(run_plain("pass").wall_ms)
-    ms, mp = statistics.median(sandboxed), statistics.median(plain)
-    print(
-        f"  per run, median of {runs} (`pass`): sandbox {ms:.1f} ms, plain subprocess {mp:.1f} ms"
-        f" -> sandbox overhead {ms - mp:.1f} ms"
+    # Per run, one at a time, interleaved so load changes hit every variant alike.
+    spec = grader.FunctionTests.from_gold(
+        {"test_list": ["assert f(2) == 4"], "entry_points": ["f"]}
     )
+    limits = SandboxLimits()
+    python = interpreter(limits)
+    variants = {
+        "plain `python3 -c pass` subprocess": lambda: subprocess.run(
+            [python, "-c", "pass"], check=True
+        ),
+        "one sandboxed program (`pass`)": lambda: run_python("pass"),
+        "graded function test (harness + program, 2 sandboxes)": lambda: grader.run_function_tests(
+            "def f(x):\n    return x * x\n", spec, limits
+        ),
+    }
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(5):
+        for name, fn in variants.items():
+            medians[name].append(_median_ms(fn, max(1, runs // 5)))
+    plain = statistics.median(medians["plain `python3 -c pass` subprocess"])
+    print(f"  per run, median of {runs}:")
+    for name in variants:
+        ms = statistics.median(medians[name])
+        print(f"    {name}: {ms:.1f} ms ({ms - plain:+.1f} ms over plain)")
 
 
 def main() -> None:

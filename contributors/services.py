@@ -3,6 +3,15 @@
 Every function is keyword-only and transactional. Leasing and uploads keep the slot invariant
 `filled + outstanding <= target` (also a CHECK constraint, so a bug fails loudly instead of
 over-assigning).
+
+Uploads are capped per (contributor, prompt, model, temperature) at the set's
+`samples_per_prompt`, lease and offline uploads together, and a closed prompt takes none: with
+scoring/disclosure.py (verdicts that need the gold stay hidden until the prompt closes) this
+keeps verdicts from being an oracle for the gold.
+
+One lock order everywhere, so nothing deadlocks: lease, prompts (shared, id order), slots (id
+order), the contributor's profile. Leasing locks the profile first but takes slots with SKIP
+LOCKED, so it never waits on a slot while holding the profile.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from contributors.models import (
@@ -210,9 +219,44 @@ def _take_slots(prompt_set: PromptSet, model: str, need: int) -> list[Slot]:
 
 
 def _open_slots(prompt_set: PromptSet, model: str):  # type: ignore[no-untyped-def]
-    return Slot.objects.filter(prompt_set=prompt_set, model=model).filter(
-        target__gt=F("filled") + F("outstanding")
-    )
+    # A prompt closed to collection is never leased again (its gold may be public).
+    return Slot.objects.filter(
+        prompt_set=prompt_set, model=model, prompt__closed_at__isnull=True
+    ).filter(target__gt=F("filled") + F("outstanding"))
+
+
+_Key = tuple[int, str, float]  # (prompt, model, temperature): a slot's key
+
+
+def _stored_per_key(user: Any, keys: set[_Key]) -> dict[_Key, int]:
+    """How many samples `user` has stored for each (prompt, model, temperature) of `keys`."""
+    wanted = Q(pk__in=[])
+    for prompt_id, model, temperature in keys:
+        wanted |= Q(prompt_id=prompt_id, model=model, temperature=temperature)
+    return {
+        (row["prompt_id"], row["model"], row["temperature"]): row["n"]
+        for row in Sample.objects.filter(wanted, contributor=user)
+        .order_by()
+        .values("prompt_id", "model", "temperature")
+        .annotate(n=Count("pk"))
+    }
+
+
+def _held_by(user: Any, slots: list[Slot]) -> dict[int, int]:
+    """Per slot, how many samples `user` already has for its (prompt, model, temperature):
+    stored, or promised by their live lease items. Leasing gives them at most the rest of the
+    per-prompt cap, so a lease never asks for samples the upload would refuse."""
+    if not slots:
+        return {}
+    stored = _stored_per_key(user, {(s.prompt_id, s.model, s.temperature) for s in slots})
+    held = {
+        slot.pk: stored.get((slot.prompt_id, slot.model, slot.temperature), 0) for slot in slots
+    }
+    for item in LeaseItem.objects.filter(
+        slot__in=[slot.pk for slot in slots], lease__contributor=user, lease__state=LeaseState.LIVE
+    ):
+        held[item.slot_id] += item.pending
+    return held
 
 
 def create_lease(*, node: ComputeNode, model: str, max_prompts: int) -> Lease | None:
@@ -277,8 +321,10 @@ def _lease_open_slots(
         need = max_prompts - len(picked)
         if need <= 0:
             break
-        for slot in _take_slots(prompt_set, model, need):
-            give = min(prompt_set.samples_per_prompt, slot.short_by)
+        taken = _take_slots(prompt_set, model, need)
+        held = _held_by(user, taken)
+        for slot in taken:
+            give = min(prompt_set.samples_per_prompt - held[slot.pk], slot.short_by)
             if give > 0:
                 picked.append((slot, give, prompt_set))
     if not picked:
@@ -394,21 +440,102 @@ class IngestResult:
 _Pending = list[tuple[SampleIn, Sample, LeaseItem | None]]
 
 
-def _within_quota(user: Any, to_store: _Pending, result: IngestResult) -> _Pending:
-    """Keeps what fits in the contributor's daily quota (if they have one); rejects the rest."""
-    profile: Profile | None = getattr(user, "profile", None)
-    if profile is None or profile.quota_samples_per_day is None:
+def _lock_prompts(ids: set[int]) -> dict[int, Prompt]:
+    """The prompts an upload touches, with their sets. On PostgreSQL they are locked FOR SHARE
+    (in id order): uploads do not block each other, but `close_prompts` waits for uploads in
+    flight, and an upload that waited for a close sees the prompt closed. (SQLite's IMMEDIATE
+    transactions already serialise writers.)"""
+    if not ids:
+        return {}
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(Prompt._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR SHARE",  # noqa: S608
+                [sorted(ids)],
+            )
+    return {
+        p.pk: p
+        for p in Prompt.objects.filter(pk__in=ids)
+        .select_related("prompt_set")
+        .defer("messages", "metadata")
+    }
+
+
+def _lock_profile(user: Any) -> Profile:
+    """The contributor's profile, locked: one contributor's uploads take turns on it for the
+    checks that count what is already stored (per-prompt cap, daily quota), so two concurrent
+    uploads cannot both fit in the same room. Taken after the slots (the one lock order)."""
+    profile = Profile.objects.select_for_update().filter(user=user).first()
+    if profile is None:
+        ensure_profile(user=user)
+        profile = Profile.objects.select_for_update().get(user=user)
+    return profile
+
+
+def _within_caps(
+    user: Any, to_store: _Pending, prompts: dict[int, Prompt], result: IngestResult
+) -> _Pending:
+    """Keeps what fits; rejects the rest, per sample.
+
+    Per-prompt cap: a contributor's samples per (prompt, model, temperature) are at most the
+    set's `samples_per_prompt`, lease and offline uploads together, whatever was stored before.
+    Without it, uploads would be a way to try every answer; with it, a contributor cannot
+    judge more guesses than the plan asks of them. Then the daily quota, if they have one.
+    """
+    if not to_store:
         return to_store
+    profile = _lock_profile(user)
+    stored = _stored_per_key(
+        user, {(sample.prompt_id, sample.model, sample.temperature) for _, sample, _ in to_store}
+    )
+    kept: _Pending = []
+    for s, sample, item in to_store:
+        key = (sample.prompt_id, sample.model, sample.temperature)
+        cap = prompts[sample.prompt_id].prompt_set.samples_per_prompt
+        if stored.get(key, 0) >= cap:
+            result.reject(
+                s.client_id,
+                "per_prompt_cap",
+                f"You already have {cap} samples for this prompt, model and temperature; "
+                "that is all the plan asks of one contributor.",
+            )
+            continue
+        stored[key] = stored.get(key, 0) + 1
+        kept.append((s, sample, item))
+
     quota = profile.quota_samples_per_day
-    # Two uploads at once must not both fit in the same room: they take turns on the profile.
-    Profile.objects.select_for_update().filter(pk=profile.pk).first()
+    if quota is None:
+        return kept
     since = timezone.now() - timedelta(days=1)
     room = max(quota - Sample.objects.filter(contributor=user, received_at__gte=since).count(), 0)
-    for s, _, _ in to_store[room:]:
+    for s, _, _ in kept[room:]:
         result.reject(
             s.client_id, "quota_exceeded", f"This account may upload {quota} samples a day."
         )
-    return to_store[:room]
+    return kept[:room]
+
+
+def _offline_problem(s: SampleIn, prompt: Prompt | None) -> tuple[str, str] | None:
+    """Why an offline sample cannot count for its prompt, or None. Offline samples fill the
+    same slots as leased ones, so they keep the same plan: an open prompt of an active set,
+    a model the set takes, one of its temperatures."""
+    if prompt is None:
+        return "unknown_prompt", "No such prompt."
+    if prompt.closed_at is not None:
+        return "prompt_closed", "This prompt is closed to collection."
+    prompt_set = prompt.prompt_set
+    if not prompt_set.is_active:
+        return "unknown_prompt", "No such prompt."
+    if not prompt_set.admits_model(s.model):
+        return "model_not_admitted", f"This prompt's set does not take model {s.model!r}."
+    plan = sorted({normalise_temperature(t) for t in prompt_set.temperatures})
+    if normalise_temperature(s.sampling["temperature"]) not in plan:
+        return (
+            "sampling_mismatch",
+            f"This prompt's set asks for temperature {', '.join(str(t) for t in plan)}.",
+        )
+    return None
 
 
 @transaction.atomic
@@ -425,6 +552,7 @@ def ingest_samples(
     A client_id already stored for this contributor is a duplicate (the same answer a retry
     gets), never a second row. A sample for an item whose lease expired or was released is
     accepted as a late result: counted if its slot is still short, else kept as an extra.
+    A sample for a closed prompt, or beyond the per-prompt cap, is rejected and not stored.
     Scoring is queued only after commit.
     """
     result = result or IngestResult()
@@ -467,18 +595,23 @@ def ingest_samples(
         item_ids = {s.item for s in fresh if s.item is not None}
         items = {i.pk: i for i in LeaseItem.objects.filter(lease=lease, pk__in=item_ids)}
     slot_ids = {i.slot_id for i in items.values()}
-    prompt_ids = {s.prompt for s in fresh if s.prompt is not None}
-    offline_prompts: dict[int, Prompt] = (
-        {p.pk: p for p in Prompt.objects.filter(pk__in=prompt_ids, prompt_set__is_active=True)}
-        if prompt_ids
-        else {}
+    # A slot's prompt never changes: read it before locking, to lock prompts before slots.
+    slot_prompts = dict(Slot.objects.filter(pk__in=slot_ids).values_list("pk", "prompt_id"))
+    prompts = _lock_prompts(
+        {s.prompt for s in fresh if s.prompt is not None} | set(slot_prompts.values())
     )
     # Offline samples count towards the slot of their (prompt, model, temperature) if it has one.
+    offline_problems: dict[UUID, tuple[str, str]] = {}
     offline_keys = Q(pk__in=[])
     for s in fresh:
-        if s.prompt in offline_prompts:
-            temperature = normalise_temperature(s.sampling["temperature"])
-            offline_keys |= Q(prompt_id=s.prompt, model=s.model, temperature=temperature)
+        if lease is not None:
+            continue
+        problem = _offline_problem(s, prompts.get(s.prompt or -1))
+        if problem is not None:
+            offline_problems[s.client_id] = problem
+            continue
+        temperature = normalise_temperature(s.sampling["temperature"])
+        offline_keys |= Q(prompt_id=s.prompt, model=s.model, temperature=temperature)
     # Lock the slots touched, in id order (one order everywhere, so no deadlocks).
     slots: dict[int, Slot] = {
         s.pk: s
@@ -498,6 +631,9 @@ def ingest_samples(
                 result.reject(s.client_id, "unknown_item", "No such item in this lease.")
                 continue
             slot = slots[item.slot_id]
+            if prompts[slot.prompt_id].closed_at is not None:
+                result.reject(s.client_id, "prompt_closed", "This prompt is closed to collection.")
+                continue
             if s.model != lease.model:
                 result.reject(
                     s.client_id, "model_mismatch", f"This lease is for model {lease.model!r}."
@@ -516,11 +652,11 @@ def ingest_samples(
             per_item[item.pk] += 1
             prompt_id = slot.prompt_id
         else:
-            prompt = offline_prompts.get(s.prompt or -1)
-            if prompt is None:
-                result.reject(s.client_id, "unknown_prompt", "No such prompt.")
+            problem = offline_problems.get(s.client_id)
+            if problem is not None:
+                result.reject(s.client_id, *problem)
                 continue
-            item, prompt_id = None, prompt.pk
+            item, prompt_id = None, prompts[s.prompt or -1].pk
         to_store.append(
             (
                 s,
@@ -542,7 +678,7 @@ def ingest_samples(
                 item,
             )
         )
-    to_store = _within_quota(user, to_store, result)
+    to_store = _within_caps(user, to_store, prompts, result)
     if not to_store:
         return result
 

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from django.utils import timezone
 
 from scoring.models import Prompt, PromptGold, PromptSet, Sample, SampleStatus, Verdict
+from scoring.pipeline import POISON_PREFIX
 
 
 @admin.register(PromptSet)
@@ -43,6 +46,7 @@ class PromptSetAdmin(admin.ModelAdmin):
         ),
         ("Verifiers", {"fields": ["verifier_config"]}),
     ]
+    actions = ["retire"]
 
     @admin.display(description="prompts")
     def prompt_count(self, obj: PromptSet) -> int:
@@ -55,6 +59,19 @@ class PromptSetAdmin(admin.ModelAdmin):
         share = f" ({100 * filled / target:.0f}%)" if target else ""
         return f"{filled} / {target}{share}"
 
+    @admin.action(description="Retire: close all prompts to collection")
+    def retire(self, request: HttpRequest, queryset: QuerySet[PromptSet]) -> None:
+        from scoring.services import retire_prompt_set
+
+        sets = list(queryset)
+        closed = sum(retire_prompt_set(prompt_set=ps) for ps in sets)
+        self.message_user(
+            request,
+            f"{len(sets)} sets retired (inactive); {closed} prompts closed to collection "
+            "(copies of the same text in other sets included). Their verdicts are now shown "
+            "to contributors and their gold may be published.",
+        )
+
 
 class PromptGoldInline(admin.StackedInline):
     model = PromptGold
@@ -63,15 +80,29 @@ class PromptGoldInline(admin.StackedInline):
 
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
-    list_display = ["id", "prompt_set", "external_id", "short_text", "created_at"]
-    list_filter = ["prompt_set"]
+    list_display = ["id", "prompt_set", "external_id", "short_text", "created_at", "closed_at"]
+    list_filter = ["prompt_set", ("closed_at", admin.EmptyFieldListFilter)]
     search_fields = ["external_id", "text_hash"]
     list_select_related = ["prompt_set"]
+    readonly_fields = ["closed_at"]
     inlines = [PromptGoldInline]
+    actions = ["close_to_collection"]
 
     @admin.display(description="text")
     def short_text(self, obj: Prompt) -> str:
         return obj.text[:120]
+
+    @admin.action(description="Close to collection")
+    def close_to_collection(self, request: HttpRequest, queryset: QuerySet[Prompt]) -> None:
+        from scoring.services import close_prompts
+
+        closed = close_prompts(prompt_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(
+            request,
+            f"{closed} prompts closed to collection (copies of the same text in other sets "
+            "included). Their verdicts are now shown to contributors and their gold may be "
+            "published.",
+        )
 
 
 class VerdictInline(admin.TabularInline):
@@ -88,6 +119,35 @@ class VerdictInline(admin.TabularInline):
     ]
 
 
+class ScoringTroubleFilter(admin.SimpleListFilter):
+    """Samples whose scoring went wrong: poison (crashed or timed out its task every attempt),
+    a transient error waiting for its next try, or judged more than once."""
+
+    title = "scoring trouble"
+    parameter_name = "trouble"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("poison", "poison"),
+            ("retry", "error, retry pending"),
+            ("gave_up", "error, not retried"),
+            ("several", "more than one attempt"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Sample]) -> QuerySet[Sample]:
+        error = queryset.filter(status=SampleStatus.ERROR)
+        match self.value():
+            case "poison":
+                return error.filter(status_reason__startswith=POISON_PREFIX)
+            case "retry":
+                return error.filter(next_attempt_at__isnull=False)
+            case "gave_up":
+                return error.filter(next_attempt_at__isnull=True)
+            case "several":
+                return queryset.filter(attempts__gt=1)
+        return queryset
+
+
 @admin.register(Sample)
 class SampleAdmin(admin.ModelAdmin):
     list_display = [
@@ -97,18 +157,33 @@ class SampleAdmin(admin.ModelAdmin):
         "model",
         "temperature",
         "status",
+        "attempts",
+        "short_reason",
         "counted",
         "quarantined",
         "finish_reason",
         "completion_tokens",
         "received_at",
     ]
-    list_filter = ["status", "quarantined", "counted", "finish_reason", "model"]
+    list_filter = [
+        "status",
+        ScoringTroubleFilter,
+        "quarantined",
+        "counted",
+        "finish_reason",
+        "model",
+    ]
     search_fields = ["=client_id", "model", "contributor__username"]
     list_select_related = ["contributor"]
     raw_id_fields = ["prompt", "contributor"]
+    # Written by the scoring claim only (scoring/pipeline.py): an edit by hand would break it.
+    readonly_fields = ["attempts", "claim_key", "next_attempt_at", "status_changed_at"]
     inlines = [VerdictInline]
-    actions = ["quarantine", "release_from_quarantine"]
+    actions = ["quarantine", "release_from_quarantine", "score_again"]
+
+    @admin.display(description="reason", ordering="status_reason")
+    def short_reason(self, obj: Sample) -> str:
+        return obj.status_reason[:80]
 
     @admin.action(description="Quarantine (hold from releases)")
     def quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
@@ -119,11 +194,35 @@ class SampleAdmin(admin.ModelAdmin):
         from scoring.tasks import queue_scoring
 
         ids = list(queryset.filter(quarantined=True).values_list("pk", flat=True))
+        # A maintainer's fresh start: its attempts start over.
         Sample.objects.filter(pk__in=ids).update(
-            quarantined=False, status=SampleStatus.RECEIVED, status_changed_at=timezone.now()
+            quarantined=False,
+            status=SampleStatus.RECEIVED,
+            status_changed_at=timezone.now(),
+            attempts=0,
+            next_attempt_at=None,
         )
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples released and queued for scoring.")
+
+    @admin.action(description="Score again (samples in error, poison included)")
+    def score_again(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
+        from scoring.tasks import queue_scoring
+
+        ids = list(
+            queryset.filter(status=SampleStatus.ERROR, quarantined=False).values_list(
+                "pk", flat=True
+            )
+        )
+        # Conditional on still being `error`: a sample a task claimed meanwhile is left to it.
+        Sample.objects.filter(pk__in=ids, status=SampleStatus.ERROR).update(
+            status=SampleStatus.RECEIVED,
+            status_changed_at=timezone.now(),
+            attempts=0,
+            next_attempt_at=None,
+        )
+        queue_scoring(ids)
+        self.message_user(request, f"{len(ids)} samples queued for scoring again.")
 
 
 @admin.register(Verdict)

@@ -1,22 +1,41 @@
 """Judging one sample: claim it, run the verifiers its prompt set calls for, record verdicts,
 settle its status.
 
-Safe to run twice, concurrently or after a crash: the claim is a conditional UPDATE, verdicts
-are upserted by (sample, verifier, version) and an up-to-date verdict is reused, and the final
-status is written only while the sample is still `scoring`.
+Safe to run twice, concurrently or after a crash:
+
+* A claim is a conditional UPDATE that adds one to `Sample.attempts` and names its holder in
+  `claim_key` (the Celery task id, which a retry and an acks_late redelivery keep). It takes a
+  `received` sample, a `scoring` sample its own holder left behind (the retry after a soft time
+  limit or a database error, the redelivery after a killed worker: at once, with no wait for the
+  sweeper), or a `scoring` sample stale beyond the sweep window. A message with another task id
+  leaves a fresh claim alone, so the sandbox never runs one sample twice side by side.
+* Verdicts are upserted by (sample, verifier, version), an up-to-date verdict is reused, and a
+  verdict is written only while the claim still holds (the sample row is locked for it).
+* The final status is a conditional UPDATE on the claim: still `scoring`, same attempt, same
+  holder, not quarantined. An outdated claim settles nothing.
+* Attempts are capped (THINKPOOL["MAX_SCORING_ATTEMPTS"]): a sample whose scoring crashed its
+  worker or ran out of time that often ends `error` with a reason starting "poison".
+* A verifier that could not judge for a passing reason (status `error`: sandbox unavailable, a
+  crashed math worker) leaves the sample `error` with `next_attempt_at` set, exponential back-off;
+  the sweeper queues it again then, while attempts remain. Errors that another try cannot mend
+  (gold that does not parse, a typo in the verifier configuration) are not retried on their own:
+  `manage.py rescore` is for those.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
-from django.db.models import Q
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import CharField, F, Q, QuerySet, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
@@ -28,31 +47,108 @@ logger = logging.getLogger(__name__)
 InfrastructureError = (OperationalError, InterfaceError)
 
 OPEN_STATUSES = (SampleStatus.RECEIVED, SampleStatus.SCORING)
+SETTLED_STATUSES = (SampleStatus.VERIFIED, SampleStatus.REJECTED, SampleStatus.ERROR)
 SETTLED_VERDICTS = (VerdictStatus.PASS, VerdictStatus.FAIL, VerdictStatus.SKIPPED)
 
 # The verifiers that judge whether the answer is right. If one of them cannot judge, the
 # sample cannot be verified.
 CORRECTNESS_VERIFIERS = frozenset({"math", "code", "mcq", "string"})
 
+# Back-off of a transient verifier error: 1, 2, 4, 8 ... minutes after the attempt, at most an
+# hour. The sweeper (every minute) queues the sample again once its time has come.
+RETRY_BASE_S = 60
+RETRY_MAX_S = 3600
 
-def claim(*, sample_id: int, rescore: bool = False) -> bool:
-    """Moves the sample to `scoring`, once: a conditional UPDATE, so of two tasks for the same
-    sample only one goes on. A sample already `scoring` is claimed again only once it is stale
-    (its task died with its worker): a duplicate message must not run the sandbox twice."""
+POISON_PREFIX = "poison: "
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a sample's scoring, and in which attempt."""
+
+    sample_id: int
+    key: str
+    attempt: int
+
+    def still_held(self) -> QuerySet[Sample]:
+        """The sample, as long as this claim still holds it: every write of the claim is
+        conditional on this, so a newer claim, the sweeper or a quarantine wins."""
+        return Sample.objects.filter(
+            pk=self.sample_id,
+            status=SampleStatus.SCORING,
+            attempts=self.attempt,
+            claim_key=self.key,
+            quarantined=False,
+        )
+
+
+def max_attempts() -> int:
+    return int(settings.THINKPOOL["MAX_SCORING_ATTEMPTS"])
+
+
+def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | None:
+    """Moves the sample to `scoring` under `claim_key` and counts the attempt: a conditional
+    UPDATE, so of two tasks for the same sample only one goes on.
+
+    Claimable: a `received` sample; a `scoring` sample held by this same key (a retry or a
+    redelivery of the task whose run was cut short); a `scoring` sample stale beyond the sweep
+    window (its task died with its worker and no redelivery came). A `scoring` sample freshly
+    held by another key is not: a duplicate message must not run the sandbox twice. With
+    `rescore`, a settled sample is claimed too, as a new judgement (its attempts start over),
+    unless this same key settled it (a retry of a rescore judges nothing twice).
+
+    An unfinished sample that has had its attempts is not claimed but ends `error`, "poison":
+    a sample that crashes its worker every time would otherwise be redelivered for ever."""
     now = timezone.now()
+    cap = max_attempts()
     stale = now - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
-    claimable = Q(status=SampleStatus.RECEIVED) | Q(
-        status=SampleStatus.SCORING, status_changed_at__lt=stale
+    unfinished = (
+        Q(status=SampleStatus.RECEIVED)
+        | Q(status=SampleStatus.SCORING, claim_key=claim_key)
+        | Q(status=SampleStatus.SCORING, status_changed_at__lt=stale)
     )
-    if rescore:
-        claimable |= Q(
-            status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED, SampleStatus.ERROR]
+    this = Sample.objects.filter(pk=sample_id, quarantined=False)
+    claimed_fields = {
+        "status": SampleStatus.SCORING,
+        "status_changed_at": now,
+        "claim_key": claim_key,
+        "next_attempt_at": None,
+    }
+    # One transaction: the attempt number read back is the one this UPDATE wrote (on
+    # PostgreSQL the row stays locked until commit; SQLite's IMMEDIATE transaction locks all).
+    with transaction.atomic():
+        claimed = this.filter(unfinished, attempts__lt=cap).update(
+            attempts=F("attempts") + 1, **claimed_fields
         )
-    return bool(
-        Sample.objects.filter(claimable, pk=sample_id, quarantined=False).update(
-            status=SampleStatus.SCORING, status_changed_at=now
+        if not claimed and rescore:
+            claimed = (
+                this.filter(status__in=SETTLED_STATUSES)
+                .exclude(claim_key=claim_key)
+                .update(attempts=1, **claimed_fields)
+            )
+        if claimed:
+            attempt = this.values_list("attempts", flat=True).get()
+            return Claim(sample_id=sample_id, key=claim_key, attempt=attempt)
+        poisoned = this.filter(unfinished, attempts__gte=cap).update(
+            status=SampleStatus.ERROR,
+            status_reason=Concat(
+                Value(POISON_PREFIX + "crashed or timed out its scoring task "),
+                Cast("attempts", output_field=CharField()),
+                Value(" times"),
+                output_field=CharField(),
+            ),
+            status_changed_at=now,
+            claim_key=claim_key,
+            next_attempt_at=None,
         )
-    )
+    if poisoned:
+        logger.warning(
+            "sample %s: its scoring was cut short (crash or time limit) in each of its %s "
+            "attempts; marked poison",
+            sample_id,
+            cap,
+        )
+    return None
 
 
 def candidate_for(sample: Sample) -> Candidate:
@@ -109,10 +205,18 @@ def settle(verdicts: list[Verdict]) -> tuple[str, str]:
     return SampleStatus.VERIFIED, ""
 
 
-def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
-    """Judges one sample. With `rescore`, a sample already settled is judged again: verdicts
-    at a verifier's current version are kept, older or missing ones are (re)computed."""
-    if not claim(sample_id=sample_id, rescore=rescore):
+def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool = False) -> bool:
+    """Judges one sample; True when this call settled it. With `rescore`, a sample already
+    settled is judged again: verdicts at a verifier's current version are kept, older or
+    missing ones are (re)computed.
+
+    `claim_key` names the holder (the Celery task id); without one, the call is a holder of its
+    own. A soft time limit or a database error propagates: the task retries, and its retry
+    re-claims the sample under the same key."""
+    held = claim(
+        sample_id=sample_id, claim_key=claim_key or f"call-{uuid.uuid4().hex}", rescore=rescore
+    )
+    if held is None:
         return False
     sample = Sample.objects.select_related("prompt__prompt_set").get(pk=sample_id)
     prompt_set = sample.prompt.prompt_set
@@ -130,9 +234,9 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
     try:
         verifiers = verifiers_for(prompt_set.domain, config)
     except ValueError as exc:
-        # A maintainer's typo in verifier_config: loud on the sample, not a crashed task.
-        _finish(sample_id, SampleStatus.ERROR, f"verifier configuration: {exc}")
-        return True
+        # A maintainer's typo in verifier_config: loud on the sample, not a crashed task. Not
+        # retried on its own: no later try mends it (fix the set, then `manage.py rescore`).
+        return _finish(held, SampleStatus.ERROR, f"verifier configuration: {exc}")
     verdicts: list[Verdict] = []
     for verifier in verifiers:
         existing = current.get((verifier.name, verifier.version))
@@ -140,8 +244,34 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
             verdicts.append(existing)
             continue
         outcome, duration_ms = _run(verifier, candidate, gold, config)
+        verdict = _record(held, verifier, outcome, duration_ms)
+        if verdict is None:
+            logger.info(
+                "sample %s: claim %s (attempt %s) lost while judging; left to its new holder",
+                sample_id,
+                held.key,
+                held.attempt,
+            )
+            return False
+        verdicts.append(verdict)
+    status, reason = settle(verdicts)
+    # A verifier that reported `error` could not judge for a reason of its own (sandbox
+    # missing, math worker crashed): worth another try later. "Could not be judged" (gold
+    # that does not parse) is not: the same inputs give the same answer.
+    transient = any(v.status == VerdictStatus.ERROR for v in verdicts)
+    return _finish(held, status, reason, transient=transient)
+
+
+def _record(held: Claim, verifier: Any, outcome: Outcome, duration_ms: int) -> Verdict | None:
+    """Upserts the verdict while the claim still holds; None when it no longer does."""
+    with transaction.atomic():
+        # The sample row is locked while the claim is checked and the verdict written: a newer
+        # claim (an UPDATE of that row) waits for this to commit, so an outdated holder never
+        # overwrites the verdict of the claim that came after it.
+        if not list(held.still_held().select_for_update().values_list("pk", flat=True)):
+            return None
         verdict, _ = Verdict.objects.update_or_create(
-            sample_id=sample_id,
+            sample_id=held.sample_id,
             verifier=verifier.name,
             version=verifier.version,
             defaults={
@@ -151,15 +281,59 @@ def score_sample(*, sample_id: int, rescore: bool = False) -> bool:
                 "duration_ms": duration_ms,
             },
         )
-        verdicts.append(verdict)
-    _finish(sample_id, *settle(verdicts))
-    return True
+    return verdict
 
 
-def _finish(sample_id: int, status: str, reason: str) -> None:
-    # Only while still `scoring`: a maintainer's quarantine or a newer claim wins.
-    Sample.objects.filter(pk=sample_id, status=SampleStatus.SCORING).update(
-        status=status, status_reason=reason[:500], status_changed_at=timezone.now()
+def retry_delay(*, attempt: int) -> timedelta | None:
+    """When a transient error after `attempt` is tried again; None once attempts are spent."""
+    if attempt >= max_attempts():
+        return None
+    return timedelta(seconds=min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(attempt - 1, 0)))
+
+
+def _finish(held: Claim, status: str, reason: str, *, transient: bool = False) -> bool:
+    """Settles the sample, only while `held` still holds it: a newer claim, the sweeper's
+    reset or a maintainer's quarantine wins. True when it did."""
+    now = timezone.now()
+    retry_at: datetime | None = None
+    if transient:
+        delay = retry_delay(attempt=held.attempt)
+        if delay is None:
+            reason = f"{reason}; gave up after {held.attempt} attempts"
+        else:
+            retry_at = now + delay
+    settled = held.still_held().update(
+        status=status,
+        status_reason=reason[:500],
+        status_changed_at=now,
+        next_attempt_at=retry_at,
+    )
+    if not settled:
+        logger.info(
+            "sample %s: claim %s (attempt %s) is outdated or quarantined; not settled",
+            held.sample_id,
+            held.key,
+            held.attempt,
+        )
+    return bool(settled)
+
+
+def give_up(*, sample_id: int, claim_key: str, error: BaseException) -> bool:
+    """A bug of ours (not of a verifier: those become `error` verdicts) broke the judging of
+    one sample: it ends `error` and is tried again with back-off, while attempts remain,
+    instead of staying `scoring` until the sweeper finds it."""
+    attempt = (
+        Sample.objects.filter(
+            pk=sample_id, status=SampleStatus.SCORING, claim_key=claim_key, quarantined=False
+        )
+        .values_list("attempts", flat=True)
+        .first()
+    )
+    if attempt is None:
+        return False
+    held = Claim(sample_id=sample_id, key=claim_key, attempt=attempt)
+    return _finish(
+        held, SampleStatus.ERROR, f"scoring failed: {type(error).__name__}", transient=True
     )
 
 
@@ -177,4 +351,24 @@ def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
         return []
     # Conditional on still being stuck: a task that claimed one meanwhile keeps it.
     stuck.filter(pk__in=ids).update(status=SampleStatus.RECEIVED, status_changed_at=timezone.now())
+    return ids
+
+
+def due_retry_ids(*, limit: int = 5000) -> list[int]:
+    """Samples left `error` by a transient verifier error whose back-off has passed, with
+    attempts left. They go back to `received` (attempts kept) for the task the sweeper queues;
+    the conditional UPDATE leaves alone one that a rescore claimed meanwhile."""
+    now = timezone.now()
+    due = Sample.objects.filter(
+        status=SampleStatus.ERROR,
+        next_attempt_at__lte=now,
+        attempts__lt=max_attempts(),
+        quarantined=False,
+    )
+    ids = list(due.order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return []
+    due.filter(pk__in=ids).update(
+        status=SampleStatus.RECEIVED, status_changed_at=now, next_attempt_at=None
+    )
     return ids

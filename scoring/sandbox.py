@@ -1,35 +1,43 @@
-"""Run untrusted Python in a bubblewrap sandbox with rlimits.
+"""Run untrusted Python in a bubblewrap sandbox, with limits that hold for the whole run.
 
-Every run gets:
+Every sandboxed process gets:
 
 * no network (`--unshare-net`), its own pid, ipc, uts and cgroup namespaces, and no further
   user namespaces inside (`--disable-userns`);
 * a read-only filesystem that holds only what the interpreter needs (`/usr`, and `/lib`,
   `/lib64`, `/bin` as on the host: symlinks on merged-usr systems, read-only binds otherwise),
-  the program itself read-only under `/sandbox`, a small tmpfs on `/tmp` (the only writable place)
-  and a minimal `/proc` and `/dev`;
+  its own files read-only under `/sandbox`, a size-capped tmpfs on `/tmp` and on `/dev/shm`
+  (the only writable places), a read-only minimal `/dev` and its own `/proc`;
 * a cleared environment (`--clearenv`): no SECRET_KEY, DATABASE_URL or HF_TOKEN reaches it;
 * `--die-with-parent` and `--new-session` (no TIOCSTI on our terminal);
-* rlimits on CPU time, address space, processes, file size and open files, and a wall-clock
-  limit and an output cap enforced from outside (the whole process group is SIGKILLed).
+* its own cgroup (`scoring.cgroups`): a memory limit that counts every page of every process of
+  the run (tmpfs, `/dev/shm` and memfd pages included), a task limit (`pids.max`: a fork bomb hits
+  its own ceiling, never another run's), a CPU quota of `cpus` cores and a CPU-time limit for the
+  whole run; the cgroup is joined between fork and exec, before bwrap runs;
+* rlimits as a second line (CPU seconds and address space per process, file size, open files, no
+  core dumps), and a wall-clock limit and an output cap enforced from outside.
 
-Why bwrap runs as an unprivileged *host* uid (default 65534, `SandboxLimits.host_uid`) rather
-than as root: RLIMIT_NPROC is not enforced for host root (the kernel exempts INIT_USER and
-CAP_SYS_ADMIN), so a fork bomb run by root's bwrap is not contained. Started as an
-unprivileged uid, bwrap builds its user namespace without privilege (this needs unprivileged
-user namespaces: `kernel.unprivileged_userns_clone=1` where that sysctl exists, and
-`user.max_user_namespaces > 0`), and the sandboxed program is uid/gid 65534 inside as well.
-RLIMIT_NPROC counts every process of that host uid, so sandboxes that run at the same time
-share the budget; `host_uid` can be set per worker process to separate them.
+Start-up failures are detected out of band: bwrap reports the program's pid on `--json-status-fd`
+once the sandbox is set up, and its exit code there when the program ends. A bwrap that wrote no
+pid failed to build the sandbox (`SandboxUnavailable`, with bwrap's message); one that wrote a pid
+but no exit code died itself (`SandboxFailure`). Nothing the program prints can be mistaken for
+either: what it writes to stderr is its own output, never read as bwrap's.
+
+Why bwrap runs as an unprivileged *host* uid (default 65534, `SandboxLimits.host_uid`): the
+sandboxed program must not be host root in any namespace that matters, and started by an
+unprivileged uid bwrap builds its user namespace without privilege (this needs unprivileged user
+namespaces: `kernel.unprivileged_userns_clone=1` where that sysctl exists, and
+`user.max_user_namespaces > 0`). Runs share that uid, but no per-uid limit separates them: the
+per-run cgroup does.
 
 The interpreter is `/usr/bin/python3` (Debian's) unless `THINKPOOL_SANDBOX_PYTHON` or
 `SandboxLimits.python` says otherwise. An interpreter outside `/usr` (e.g. pyenv's) has its
 prefix bind-mounted read-only; it must be readable by `host_uid` (pyenv under `/root` is not).
 
-If bubblewrap is missing or cannot start, `run_python` raises `SandboxUnavailable`. The only
-bypass is `THINKPOOL_UNSAFE_NO_SANDBOX=1`, for development: it runs the program as a plain
-subprocess with the same rlimits and a cleared environment but *no isolation*, and logs a
-warning on every run.
+If bubblewrap is missing, or per-run cgroups cannot be made here, `run_python` raises
+`SandboxUnavailable`. The only bypass is `THINKPOOL_UNSAFE_NO_SANDBOX=1`, for development: it runs
+the program as a plain subprocess with rlimits and a cleared environment but *no isolation*, and
+logs a warning on every run.
 """
 
 from __future__ import annotations
@@ -48,8 +56,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from scoring import cgroups
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +69,39 @@ PYTHON_ENV = "THINKPOOL_SANDBOX_PYTHON"
 BWRAP_ENV = "THINKPOOL_BWRAP"
 DEFAULT_PYTHON = "/usr/bin/python3"
 MIB = 1024 * 1024
+# How often the run's CPU time is read while it runs.
+CPU_POLL_S = 0.05
 
 
 class ExitReason(enum.StrEnum):
     OK = "ok"  # exited 0
     RUNTIME_ERROR = "runtime_error"  # non-zero exit or killed by a signal we did not send
     TIMEOUT = "timeout"  # wall or CPU limit
-    MEMORY = "memory"  # MemoryError under RLIMIT_AS
+    MEMORY = "memory"  # the run's memory limit (OOM kill in its cgroup, or MemoryError)
     OUTPUT_LIMIT = "output_limit"  # wrote more than max_output_bytes
+    KILLED = "killed"  # ended by us because the run it belongs to was over (see run_many)
 
 
 class SandboxUnavailable(RuntimeError):
-    """bubblewrap is missing or cannot create its namespaces here."""
+    """bubblewrap or the per-run limits are missing, or the sandbox could not be built."""
+
+
+class SandboxFailure(RuntimeError):
+    """The sandbox started but bwrap itself died: no verdict can be drawn from the run."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_s: float = 10.0
-    cpu_s: int = 10
-    memory_bytes: int = 512 * MIB
-    nproc: int = 64
+    cpu_s: int = 10  # CPU seconds of the whole run (all its processes)
+    memory_bytes: int = 512 * MIB  # the whole run, every page it charges
+    nproc: int = 64  # tasks (processes and threads) of the whole run
     fsize_bytes: int = 16 * MIB
     nofile: int = 64
     max_output_bytes: int = 1 * MIB  # stdout + stderr together
     tmpfs_bytes: int = 64 * MIB
+    shm_bytes: int = 16 * MIB
+    cpus: float = 1.0  # CFS quota: cores the run may use at once
     host_uid: int = 65534
     host_gid: int = 65534
     python: str | None = None  # None: $THINKPOOL_SANDBOX_PYTHON or /usr/bin/python3
@@ -98,6 +118,24 @@ class SandboxResult:
     signal: int | None = None  # the signal that ended the program, if any
     truncated: bool = False
     details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Launch:
+    """One process of a run: a Python script with its files, stdin, and extra pipe ends.
+
+    `files` are written into a private folder, bound read-only at /sandbox; `script` names the
+    one to run. `fds` are pipe ends the process inherits under the same numbers (the caller
+    creates the pipes and passes their numbers to the script, e.g. in `args`).
+    """
+
+    files: dict[str, bytes]
+    script: str
+    args: Sequence[str] = ()
+    stdin: bytes = b""
+    fds: Sequence[int] = ()
+    python_flags: Sequence[str] = ("-I", "-B")
+    limits: SandboxLimits | None = None
 
 
 def _unsafe_allowed() -> bool:
@@ -130,7 +168,7 @@ def _root_binds(python: str) -> list[str]:
 
 
 def _bwrap_argv(
-    bwrap: str, limits: SandboxLimits, workdir: str, script: str, info_fd: int
+    bwrap: str, limits: SandboxLimits, workdir: str, launch: Launch, status_fd: int
 ) -> list[str]:
     python = interpreter(limits)
     return [
@@ -138,12 +176,12 @@ def _bwrap_argv(
         # The program itself is pid 1 of the new pid namespace (no bwrap reaper in between):
         # when it ends, the kernel kills everything else in the namespace, and no bwrap process
         # is left orphaned. With the reaper, bwrap's monitor exits without reaping it, and under
-        # a container init that does not reap, every run leaves a zombie that counts against
-        # RLIMIT_NPROC until sandboxes can no longer start.
+        # a container init that does not reap, every run leaves a zombie.
         "--as-pid-1",
-        # bwrap writes {"child-pid": N} here: the program's host pid, which we kill on timeout.
-        "--info-fd",
-        str(info_fd),
+        # bwrap writes {"child-pid": N} here once the sandbox is built, {"exit-code": N} when the
+        # program ends: start-up failure and bwrap's own death are told apart from the program.
+        "--json-status-fd",
+        str(status_fd),
         "--unshare-user",
         "--uid",
         "65534",
@@ -174,6 +212,14 @@ def _bwrap_argv(
         "/proc",
         "--dev",
         "/dev",
+        # bwrap's /dev is a tmpfs of its own with no size: cap /dev/shm (POSIX shared memory,
+        # multiprocessing's semaphores) and make the rest of /dev read-only.
+        "--size",
+        str(limits.shm_bytes),
+        "--tmpfs",
+        "/dev/shm",  # noqa: S108 - the sandbox's own, size-capped tmpfs
+        "--remount-ro",
+        "/dev",
         "--size",
         str(limits.tmpfs_bytes),
         "--tmpfs",
@@ -188,164 +234,438 @@ def _bwrap_argv(
         "/tmp",  # noqa: S108 - the sandbox's private tmpfs, not the host's /tmp
         # -I: ignore PYTHON* variables and the user site; -B: no .pyc (read-only anyway).
         python,
-        "-I",
-        "-B",
-        f"/sandbox/{script}",
+        *launch.python_flags,
+        f"/sandbox/{launch.script}",
+        *launch.args,
     ]
 
 
-def _own_process_count() -> int:
-    """Processes of our uid now: RLIMIT_NPROC counts them too when we cannot switch uid."""
-    uid = os.getuid()
-    n = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                n += entry.stat().st_uid == uid
-    return n
-
-
-def _rlimits(limits: SandboxLimits, nproc: int) -> None:
-    """preexec_fn: runs in the child between fork and exec (bwrap and the program inherit)."""
-    cpu = max(1, int(limits.cpu_s))
-    # soft == hard: the program is pid 1 of its namespace and ignores SIGXCPU; SIGKILL it is.
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize_bytes, limits.fsize_bytes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _in_child(limits: SandboxLimits, nproc: int) -> None:
-    # If the scoring worker dies, bwrap dies with it (and the program with bwrap). PDEATHSIG
-    # follows the thread that forked: run_python is synchronous, so that thread outlives bwrap.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    _rlimits(limits, nproc)
-
+# --- the child, between fork and exec --------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
 # Loaded once in the parent: nothing may be imported or loaded between fork and exec.
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_pid(info_r: int | None) -> int | None:
-    """The program's host pid from bwrap's --info-fd JSON, if bwrap has written it."""
-    if info_r is None:
-        return None
-    data = b""
-    try:
-        os.set_blocking(info_r, False)
-        while chunk := os.read(info_r, 4096):
-            data += chunk
-    except (BlockingIOError, OSError):
-        pass
-    try:
-        return int(json.loads(data or b"{}").get("child-pid") or 0) or None
-    except ValueError:
-        return None
+def _rlimits(limits: SandboxLimits, nproc: int | None) -> None:
+    cpu = max(1, int(limits.cpu_s))
+    # Per process, a second line behind the run's cgroup. soft == hard: the program is pid 1
+    # of its namespace and ignores SIGXCPU; SIGKILL it is.
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize_bytes, limits.fsize_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _kill(proc: subprocess.Popen[bytes], info_r: int | None) -> None:
-    """Kill the program first (bwrap then reaps it and exits), then whatever is left."""
-    child = _child_pid(info_r)
-    if child is not None:
+def _in_child(
+    limits: SandboxLimits, procs_files: list[bytes], drop_to: tuple[int, int] | None
+) -> None:
+    # 1. Into the run's cgroup first: everything after, bwrap included, is counted there.
+    cgroups.join(procs_files)
+    # 2. rlimits (RLIMIT_NPROC only without a pids cgroup: it is per host uid, shared by runs).
+    _rlimits(limits, None if procs_files else limits.nproc)
+    # 3. Drop host root, if we are root.
+    if drop_to is not None:
+        uid, gid = drop_to
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    # 4. If the scoring worker dies, bwrap dies with it (and the program with bwrap). Set after
+    # the uid change, which clears it. PDEATHSIG follows the thread that forked: the run is
+    # synchronous, so that thread outlives bwrap.
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+class _StatusReader:
+    """bwrap's --json-status-fd: a stream of JSON objects, one per line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.child_pid: int | None = None
+        self.exit_code: int | None = None
+
+    def drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.buf += chunk[: max(0, 65536 - len(self.buf))]
+        for line in self.buf.split(b"\n"):
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    if isinstance(doc.get("child-pid"), int):
+                        self.child_pid = doc["child-pid"]
+                    if isinstance(doc.get("exit-code"), int):
+                        self.exit_code = doc["exit-code"]
+
+
+@dataclass
+class _Proc:
+    launch: Launch
+    limits: SandboxLimits
+    popen: subprocess.Popen[bytes]
+    group: cgroups.RunGroup | None
+    status: _StatusReader | None
+    workdir: tempfile.TemporaryDirectory[str]
+    sandboxed: bool
+    started: float
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    ended: str | None = None  # why we killed it: timeout / output_limit / killed
+    pending: memoryview = field(default_factory=lambda: memoryview(b""))
+    returncode: int | None = None
+
+    def kill(self, why: str) -> None:
+        if self.ended is None and self.returncode is None:
+            self.ended = why
+        child = self.status.child_pid if self.status is not None else None
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)  # pid 1 of its namespace: takes all with it
+        if self.group is not None:
+            self.group.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _available(unsafe: bool) -> tuple[str | None, cgroups.Support | None]:
+    """(bwrap, cgroup support) for a sandboxed run, or (None, None) for the unsafe bypass."""
+    if unsafe:
+        return None, None
+    bwrap = _bwrap_path()
+    if bwrap is None or not os.access(bwrap, os.X_OK):
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed: refusing to run untrusted code. "
+            f"Install it (apt-get install bubblewrap), or for development only set {UNSAFE_ENV}=1."
+        )
+    support = cgroups.prepare()
+    if not support.usable:
+        raise SandboxUnavailable(
+            f"per-run limits are unavailable ({support.problem}): refusing to run untrusted code "
+            f"without them. For development only, set {UNSAFE_ENV}=1."
+        )
+    return bwrap, support
+
+
+def _spawn(
+    launch: Launch, bwrap: str | None, support: cgroups.Support | None, unsafe: bool
+) -> _Proc:
+    limits = launch.limits or SandboxLimits()
+    workdir = tempfile.TemporaryDirectory(prefix="tp-sbx-")
+    try:
+        os.chmod(workdir.name, 0o755)  # noqa: S103 - readable by the unprivileged host uid
+        for name, data in launch.files.items():
+            path = Path(workdir.name) / name
+            path.write_bytes(data)
+            path.chmod(0o644)
+        group = None
+        status = None
+        as_root = os.geteuid() == 0
+        if bwrap is None or support is None:
+            log.warning(
+                "%s=1: running untrusted code WITHOUT a sandbox (development only)", UNSAFE_ENV
+            )
+            argv = [
+                interpreter(limits),
+                *launch.python_flags,
+                str(Path(workdir.name) / launch.script),
+                *launch.args,
+            ]
+            env: dict[str, str] = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+            cwd = workdir.name
+            pass_fds = tuple(launch.fds)
+            drop = (limits.host_uid, limits.host_gid) if as_root else None
+            procs_files: list[bytes] = []
+        else:
+            group = cgroups.RunGroup.create(
+                support, memory_bytes=limits.memory_bytes, pids=limits.nproc, cpus=limits.cpus
+            )
+            status_r, status_w = os.pipe()
+            status = _StatusReader(status_r)
+            argv = _bwrap_argv(bwrap, limits, workdir.name, launch, status_w)
+            env = {}
+            cwd = "/"
+            pass_fds = (status_w, *launch.fds)
+            drop = (limits.host_uid, limits.host_gid) if as_root else None
+            procs_files = group.procs_files()
         try:
-            os.kill(child, signal.SIGKILL)
-            proc.wait(timeout=2)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                close_fds=True,
+                pass_fds=pass_fds,
+                start_new_session=True,  # its own process group, so the whole tree can be killed
+                # Only the cgroup join, setrlimit, the uid switch and prctl between fork and
+                # exec: no locks, safe with threads.
+                preexec_fn=lambda: _in_child(limits, procs_files, drop),
+            )
+        except BaseException:
+            if status is not None:
+                os.close(status.fd)
+            if group is not None:
+                group.remove()
+            raise
+        finally:
+            if status is not None:
+                os.close(status_w)  # bwrap holds its own copy of the write end
+        return _Proc(
+            launch=launch,
+            limits=limits,
+            popen=popen,
+            group=group,
+            status=status,
+            workdir=workdir,
+            sandboxed=status is not None,
+            started=time.monotonic(),
+            pending=memoryview(launch.stdin),
+        )
+    except BaseException:
+        workdir.cleanup()
+        raise
 
 
-def _communicate(
-    proc: subprocess.Popen[bytes], stdin: bytes, limits: SandboxLimits
-) -> tuple[bytes, bytes, bool, bool]:
-    """Feed stdin, collect output up to the cap; returns (out, err, timed_out, over_output)."""
-    assert proc.stdin and proc.stdout and proc.stderr
-    deadline = time.monotonic() + limits.wall_s
+def _drive(procs: list[_Proc], primary: int | None, wall_s: float) -> None:
+    """Feeds stdin, drains output up to each cap, enforces the wall and CPU limits, until every
+    process has exited. When the `primary` process exits, the others are killed."""
+    deadline = time.monotonic() + wall_s
     sel = selectors.DefaultSelector()
-    bufs: dict[int, bytearray] = {
-        proc.stdout.fileno(): bytearray(),
-        proc.stderr.fileno(): bytearray(),
-    }
-    for f in (proc.stdout, proc.stderr):
-        os.set_blocking(f.fileno(), False)
-        sel.register(f, selectors.EVENT_READ)
-    pending = memoryview(stdin)
-    if pending:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    total = 0
-    timed_out = over = False
+    owners: dict[int, tuple[_Proc, str]] = {}
+    for p in procs:
+        assert p.popen.stdin and p.popen.stdout and p.popen.stderr
+        for stream, kind in ((p.popen.stdout, "out"), (p.popen.stderr, "err")):
+            os.set_blocking(stream.fileno(), False)
+            sel.register(stream.fileno(), selectors.EVENT_READ)
+            owners[stream.fileno()] = (p, kind)
+        if p.pending:
+            os.set_blocking(p.popen.stdin.fileno(), False)
+            sel.register(p.popen.stdin.fileno(), selectors.EVENT_WRITE)
+            owners[p.popen.stdin.fileno()] = (p, "in")
+        else:
+            p.popen.stdin.close()
+        if p.status is not None:
+            os.set_blocking(p.status.fd, False)
+    cpu_watch = [p for p in procs if p.group is not None and p.group.cpu_dir is not None]
+    first = procs[primary] if primary is not None else None
     try:
         while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
+            now = time.monotonic()
+            if now >= deadline:
+                for p in procs:
+                    if p.popen.poll() is None:
+                        p.kill("timeout")
                 break
-            for key, _ in sel.select(timeout=left):
-                fobj = key.fileobj
-                if fobj is proc.stdin:
-                    try:
-                        n = os.write(proc.stdin.fileno(), pending[:65536])
-                    except (BrokenPipeError, BlockingIOError) as exc:
-                        if isinstance(exc, BlockingIOError):
-                            continue
-                        n = len(pending)
-                    pending = pending[n:]
-                    if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
-                    continue
+            timeout = deadline - now
+            if cpu_watch:
+                timeout = min(timeout, CPU_POLL_S)
+            for key, _ in sel.select(timeout=timeout):
                 fd = key.fd
-                # Never read more than the cap allows (+1 byte to detect the overflow).
-                chunk = os.read(fd, min(65536, limits.max_output_bytes - total + 1))
-                if not chunk:
-                    sel.unregister(fobj)
+                p, kind = owners[fd]
+                if kind == "in":
+                    _feed(p, sel)
                     continue
-                bufs[fd] += chunk
-                total += len(chunk)
-                if total > limits.max_output_bytes:
-                    over = True
-                    break
-            if over:
-                break
+                total = len(p.out) + len(p.err)
+                cap = p.limits.max_output_bytes
+                try:
+                    # Never read more than the cap allows (+1 byte to detect the overflow).
+                    chunk = os.read(fd, min(65536, cap - total + 1))
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    owners.pop(fd)
+                    if p is first and not any(owner is p for owner, _ in owners.values()):
+                        # Its output is closed: it is exiting. Wait for it here rather than
+                        # until the next poll, so the run ends as soon as its primary does.
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    continue
+                (p.out if kind == "out" else p.err).extend(chunk)
+                if total + len(chunk) > cap:
+                    p.kill("output_limit")
+                    _forget(p, sel, owners)
+            for p in cpu_watch:
+                used = p.group.cpu_seconds() if p.group is not None else None
+                if used is not None and used > p.limits.cpu_s and p.popen.poll() is None:
+                    p.kill("timeout")
+            if primary is not None and procs[primary].popen.poll() is not None:
+                for i, p in enumerate(procs):
+                    if i != primary and p.popen.poll() is None:
+                        p.kill("killed")
     finally:
         sel.close()
-        if not proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-    # Keep at most the cap (the loop may have read one byte past it to detect the overflow).
-    out = bytes(bufs[proc.stdout.fileno()][: limits.max_output_bytes])
-    err = bytes(bufs[proc.stderr.fileno()][: max(0, limits.max_output_bytes - len(out))])
-    return out, err, timed_out, over
+        for p in procs:
+            if p.popen.stdin and not p.popen.stdin.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    p.popen.stdin.close()
+
+
+def _feed(p: _Proc, sel: selectors.BaseSelector) -> None:
+    assert p.popen.stdin is not None
+    fd = p.popen.stdin.fileno()
+    try:
+        n = os.write(fd, p.pending[:65536])
+    except BlockingIOError:
+        return
+    except BrokenPipeError:
+        n = len(p.pending)
+    p.pending = p.pending[n:]
+    if not p.pending:
+        sel.unregister(fd)
+        p.popen.stdin.close()
+
+
+def _forget(p: _Proc, sel: selectors.BaseSelector, owners: dict[int, tuple[_Proc, str]]) -> None:
+    for fd, (owner, _) in list(owners.items()):
+        if owner is p:
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(fd)
+            owners.pop(fd)
+
+
+def _finish(p: _Proc) -> SandboxResult:
+    """Waits for the process, reads bwrap's status, classifies the end, cleans up."""
+    try:
+        try:
+            returncode = p.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill(p.ended or "timeout")
+            returncode = p.popen.wait()
+        wall_ms = (time.monotonic() - p.started) * 1000
+        if p.status is not None:
+            p.status.drain()
+        stderr = bytes(p.err[: p.limits.max_output_bytes]).decode("utf-8", "replace")
+        stdout = bytes(p.out[: p.limits.max_output_bytes]).decode("utf-8", "replace")
+        details: dict[str, object] = {}
+        if p.status is not None and p.status.child_pid is None and p.ended is None:
+            # bwrap exited before it ran the program: everything on stderr is bwrap's own.
+            raise SandboxUnavailable(
+                f"bubblewrap could not build the sandbox (exit {returncode}): "
+                f"{stderr.strip()[:500] or 'no message'}"
+            )
+        if p.status is not None and p.status.exit_code is None and p.ended is None:
+            raise SandboxFailure(
+                f"bubblewrap exited ({returncode}) without reporting the program's exit status"
+            )
+        if p.status is not None and p.status.exit_code is not None:
+            returncode = p.status.exit_code
+        oom = p.group.oom_killed() if p.group is not None else False
+        if p.group is not None:
+            peak = p.group.memory_peak()
+            if peak is not None:
+                details["memory_peak_bytes"] = peak
+            cpu = p.group.cpu_seconds()
+            if cpu is not None:
+                details["cpu_s"] = round(cpu, 3)
+        reason, sig = _classify(returncode, stderr, p.ended, oom)
+        return SandboxResult(
+            exit_reason=reason,
+            returncode=None if p.ended else returncode,
+            stdout=stdout,
+            stderr=stderr,
+            wall_ms=wall_ms,
+            sandboxed=p.sandboxed,
+            signal=sig,
+            truncated=p.ended == "output_limit",
+            details=details,
+        )
+    finally:
+        for stream in (p.popen.stdout, p.popen.stderr):
+            if stream is not None:
+                stream.close()
+        if p.status is not None:
+            with contextlib.suppress(OSError):
+                os.close(p.status.fd)
+        if p.group is not None:
+            p.group.kill()
+            p.group.remove()
+        p.workdir.cleanup()
 
 
 def _classify(
-    returncode: int, stderr: str, timed_out: bool, over: bool
+    returncode: int, stderr: str, ended: str | None, oom: bool
 ) -> tuple[ExitReason, int | None]:
-    sig = -returncode if returncode < 0 else None
-    if over:
+    # bwrap passes the program's status through: 128+N when the program died of signal N.
+    sig = -returncode if returncode < 0 else (returncode - 128 if returncode > 128 else None)
+    if oom:
+        return ExitReason.MEMORY, sig
+    if ended == "output_limit":
         return ExitReason.OUTPUT_LIMIT, sig
-    if timed_out or sig in (signal.SIGXCPU, signal.SIGKILL):
-        # SIGKILL we did not send comes from the CPU hard limit.
+    if ended == "timeout":
+        return ExitReason.TIMEOUT, sig
+    if ended == "killed":
+        return ExitReason.KILLED, sig
+    if sig in (signal.SIGXCPU, signal.SIGKILL):
+        # A SIGKILL we did not send comes from the CPU hard limit.
         return ExitReason.TIMEOUT, sig
     if sig == signal.SIGXFSZ:
         return ExitReason.OUTPUT_LIMIT, sig
     if returncode == 0:
         return ExitReason.OK, None
     last = stderr.strip().rsplit("\n", 1)[-1] if stderr.strip() else ""
-    if last.startswith("MemoryError") or "Cannot allocate memory" in last:
+    if last.startswith("MemoryError"):
         return ExitReason.MEMORY, sig
-    # bwrap passes the program's exit status through; 128+N means the program died of signal N
-    # inside the pid namespace.
-    if returncode > 128 and returncode - 128 in (signal.SIGXCPU, signal.SIGKILL):
-        return ExitReason.TIMEOUT, returncode - 128
     return ExitReason.RUNTIME_ERROR, sig
+
+
+def run_many(
+    launches: Sequence[Launch],
+    *,
+    wall_s: float,
+    primary: int | None = None,
+    unsafe_no_sandbox: bool | None = None,
+    after_spawn: Callable[[], None] | None = None,
+) -> list[SandboxResult]:
+    """Runs the launches side by side, each in its own sandbox and cgroup, under one wall
+    deadline; returns one result per launch, in order.
+
+    `after_spawn` runs once every process has started: the caller closes there its copies of
+    the pipe ends it handed to the processes (so a reader sees EOF when its writer exits).
+    Raises SandboxUnavailable when bubblewrap or the limits are missing (unless the unsafe
+    bypass is on), SandboxFailure when bwrap itself died.
+    """
+    unsafe = _unsafe_allowed() if unsafe_no_sandbox is None else unsafe_no_sandbox
+    bwrap, support = _available(unsafe)
+    procs: list[_Proc] = []
+    try:
+        for launch in launches:
+            procs.append(_spawn(launch, bwrap, support, unsafe))
+        if after_spawn is not None:
+            after_spawn()
+        _drive(procs, primary, wall_s)
+    except BaseException:
+        for p in procs:
+            p.kill("killed")
+        for p in procs:
+            with contextlib.suppress(Exception):
+                _finish(p)
+        raise
+    results: list[SandboxResult] = []
+    errors: list[BaseException] = []
+    for p in procs:
+        try:
+            results.append(_finish(p))
+        except (SandboxUnavailable, SandboxFailure) as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return results
 
 
 def run_python(
@@ -357,143 +677,42 @@ def run_python(
 ) -> SandboxResult:
     """Run `source` as a Python program in the sandbox and report how it ended.
 
-    Raises SandboxUnavailable when bubblewrap is missing (unless the unsafe bypass is on).
-    `unsafe_no_sandbox=None` reads THINKPOOL_UNSAFE_NO_SANDBOX.
+    Raises SandboxUnavailable when bubblewrap or the per-run limits are missing (unless the
+    unsafe bypass is on). `unsafe_no_sandbox=None` reads THINKPOOL_UNSAFE_NO_SANDBOX.
     """
     limits = limits or SandboxLimits()
-    unsafe = _unsafe_allowed() if unsafe_no_sandbox is None else unsafe_no_sandbox
+    launch = Launch(
+        files={"main.py": source.encode("utf-8", "surrogatepass")},
+        script="main.py",
+        stdin=stdin.encode("utf-8", "replace"),
+        limits=limits,
+    )
+    (result,) = run_many(
+        [launch], wall_s=limits.wall_s, primary=0, unsafe_no_sandbox=unsafe_no_sandbox
+    )
+    return result
+
+
+def capabilities() -> str:
+    """One line for the worker's start-up log: what isolates a run here."""
+    if _unsafe_allowed():
+        return f"UNSAFE: {UNSAFE_ENV}=1, untrusted code runs without a sandbox"
     bwrap = _bwrap_path()
-    if bwrap is None and not unsafe:
-        raise SandboxUnavailable(
-            "bubblewrap (bwrap) is not installed: refusing to run untrusted code. "
-            f"Install it (apt-get install bubblewrap), or for development only set {UNSAFE_ENV}=1."
-        )
-    with tempfile.TemporaryDirectory(prefix="tp-sbx-") as workdir:
-        os.chmod(workdir, 0o755)  # noqa: S103 - readable by the unprivileged host uid
-        script = Path(workdir) / "main.py"
-        script.write_text(source, encoding="utf-8")
-        script.chmod(0o644)
-        if bwrap is None or unsafe:
-            log.warning(
-                "%s=1: running untrusted code WITHOUT a sandbox (development only)", UNSAFE_ENV
-            )
-            argv = [interpreter(limits), "-I", "-B", str(script)]
-            sandboxed = False
-            env: dict[str, str] | None = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-            cwd = workdir
-        else:
-            info_r, info_w = os.pipe()
-            try:
-                argv = _bwrap_argv(bwrap, limits, workdir, "main.py", info_w)
-                return _run(
-                    argv, stdin, limits, sandboxed=True, env={}, cwd="/", info=(info_r, info_w)
-                )
-            finally:
-                os.close(info_r)
-        return _run(argv, stdin, limits, sandboxed=sandboxed, env=env, cwd=cwd)
-
-
-def _popen(
-    argv: list[str],
-    env: dict[str, str] | None,
-    cwd: str,
-    info: tuple[int, int] | None,
-    limits: SandboxLimits,
-    as_root: bool,
-    nproc: int,
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        close_fds=True,
-        pass_fds=(info[1],) if info else (),
-        start_new_session=True,  # its own process group, so the whole tree can be killed
-        # Drop host root before bwrap: see the module docstring (RLIMIT_NPROC).
-        user=limits.host_uid if as_root else None,
-        group=limits.host_gid if as_root else None,
-        extra_groups=[] if as_root else None,
-        # Only setrlimit and prctl between fork and exec: no locks, safe with threads.
-        preexec_fn=lambda: _in_child(limits, nproc),
-    )
-
-
-def _run(
-    argv: list[str],
-    stdin: str,
-    limits: SandboxLimits,
-    *,
-    sandboxed: bool,
-    env: dict[str, str] | None,
-    cwd: str,
-    info: tuple[int, int] | None = None,
-) -> SandboxResult:
-    as_root = os.geteuid() == 0
-    # As root we switch to host_uid, whose count starts near zero; otherwise our own processes
-    # count against the limit as well, so allow for them.
-    nproc = limits.nproc if as_root else _own_process_count() + limits.nproc
-    start = time.monotonic()
-    try:
-        proc = _popen(argv, env, cwd, info, limits, as_root, nproc)
-    finally:
-        if info is not None:
-            os.close(info[1])  # bwrap holds its own copy of the write end
-    info_r = info[0] if info is not None else None
-    try:
-        out, err, timed_out, over = _communicate(proc, stdin.encode("utf-8", "replace"), limits)
-    except BaseException:
-        _kill(proc, info_r)
-        proc.wait()
-        raise
-    if timed_out or over:
-        _kill(proc, info_r)
-    try:
-        returncode = proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        _kill(proc, info_r)
-        returncode = proc.wait()
-    wall_ms = (time.monotonic() - start) * 1000
-    stderr = err.decode("utf-8", "replace")
-    reason, sig = _classify(returncode, stderr, timed_out, over)
-    if sandboxed and returncode == 1 and stderr.startswith("bwrap:"):
-        raise SandboxUnavailable(f"bubblewrap failed to start: {stderr.strip()[:500]}")
-    return SandboxResult(
-        exit_reason=reason,
-        returncode=None if (timed_out or over) else returncode,
-        stdout=out.decode("utf-8", "replace"),
-        stderr=stderr,
-        wall_ms=wall_ms,
-        sandboxed=sandboxed,
-        signal=sig,
-        truncated=over,
-    )
-
-
-def run_plain(source: str, stdin: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
-    """The same program as a plain subprocess (no isolation): the benchmark's baseline only."""
-    limits = limits or SandboxLimits()
-    with tempfile.TemporaryDirectory(prefix="tp-plain-") as workdir:
-        script = Path(workdir) / "main.py"
-        script.write_text(source, encoding="utf-8")
-        argv = [interpreter(limits), "-I", "-B", str(script)]
-        return _run(
-            argv,
-            stdin,
-            replace(limits, host_uid=os.geteuid(), host_gid=os.getegid()),
-            sandboxed=False,
-            env={"PATH": "/usr/bin:/bin"},
-            cwd=workdir,
-        )
+    version = "missing"
+    if bwrap:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            version = subprocess.run(
+                [bwrap, "--version"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout.strip()
+    return f"bubblewrap: {version}; {cgroups.prepare().describe()}"
 
 
 def check_available(limits: SandboxLimits | None = None) -> str | None:
-    """None when the sandbox works here, else why not (for a startup check / health page)."""
+    """None when the sandbox works here (bwrap, per-run cgroups, a test program), else why
+    not: for the sandbox worker's start-up check and a health page."""
     try:
         res = run_python("print('ok')", limits=limits, unsafe_no_sandbox=False)
-    except SandboxUnavailable as exc:
+    except (SandboxUnavailable, SandboxFailure) as exc:
         return str(exc)
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -503,6 +722,7 @@ def check_available(limits: SandboxLimits | None = None) -> str | None:
 
 
 if __name__ == "__main__":  # python -m scoring.sandbox: a quick self-check
+    print(capabilities())
     problem = check_available()
     print(problem or "sandbox ok")
     sys.exit(1 if problem else 0)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
 import hashlib
+import json
+import keyword
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from scoring.models import Domain, Prompt, PromptGold, PromptSet
 from scoring.prompt_io import RawRow
+from scoring.sandbox import SandboxUnavailable, check_available
 
 ROLES = {"system", "user", "assistant"}
 DOMAINS_WITH_ANSWER = {Domain.MATH, Domain.MCQ, Domain.STRING}
@@ -49,6 +59,7 @@ class ImportReport:
     created: int = 0
     duplicates: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
+    checked: int = 0  # reference solutions judged (import with check_references)
 
 
 class ImportRejected(Exception):
@@ -66,6 +77,10 @@ def _clean_text(value: Any, what: str) -> str:
 
 
 def clean_row(data: dict[str, Any], domain: str) -> CleanRow:
+    tests: Any = None
+    shown: str | None = None  # code: the user message built from a stub or task text
+    if domain == Domain.CODE:
+        tests, shown = _code_gold(data)
     if data.get("messages") not in (None, ""):
         raw_messages = data["messages"]
         if not isinstance(raw_messages, list) or not raw_messages:
@@ -81,6 +96,8 @@ def clean_row(data: dict[str, Any], domain: str) -> CleanRow:
             messages.append({"role": role, "content": content})
         if not any(m["role"] == "user" for m in messages):
             raise RowError("messages need at least one user message")
+    elif shown is not None:
+        messages = [{"role": "user", "content": shown}]
     elif data.get("prompt") not in (None, ""):
         messages = [{"role": "user", "content": _clean_text(data["prompt"], "prompt")}]
     else:
@@ -97,11 +114,10 @@ def clean_row(data: dict[str, Any], domain: str) -> CleanRow:
     if domain in DOMAINS_WITH_ANSWER and not answer.strip():
         raise RowError(f"missing field: answer (required for domain {domain})")
 
-    tests = data.get("tests")
-    if tests in (None, "") and data.get("test"):
-        tests = {"test": data["test"], "entry_point": data.get("entry_point", "")}
-    if domain == Domain.CODE:
-        tests = _clean_tests(tests)
+    if domain != Domain.CODE:
+        tests = data.get("tests")
+        if tests in (None, "") and data.get("test"):
+            tests = {"test": data["test"], "entry_point": data.get("entry_point", "")}
 
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -120,43 +136,458 @@ def clean_row(data: dict[str, Any], domain: str) -> CleanRow:
     )
 
 
+# --- code gold -------------------------------------------------------------------------------
+#
+# PromptGold.tests of a code prompt has one of three shapes (the code verifier reads them):
+#
+# * stdin/stdout: [{"input": str, "output": str}, ...]
+# * HumanEval:    {"test": source defining check(candidate), "entry_point": name,
+#                  "context": trusted source run before the tests (optional),
+#                  "reference": the full reference program (optional)}
+# * MBPP:         {"test_list": [assert source, ...], "test_imports": [import source, ...],
+#                  "test_setup_code": source, "challenge_test_list": [assert source, ...],
+#                  "entry_points": [names the program must define], "reference": program}
+#
+# Rows may carry `tests` in one of these shapes, or the fields of HumanEval / MBPP rows as the
+# datasets publish them (see _code_gold).
+
+MAX_CODE_TESTS = 1000  # cases in one list (stdin/stdout cases, test_list, ...)
+MAX_SOURCE_CHARS = 200_000  # one test, import, setup, context or reference source
+MAX_GOLD_CHARS = 32 * 1024 * 1024  # one prompt's tests altogether, as JSON
+_BUILTINS = frozenset(dir(builtins))
+_ASSERT_KEYS = ("test", "entry_point", "context", "reference")
+_MBPP_KEYS = (
+    "test_list",
+    "test_imports",
+    "test_setup_code",
+    "challenge_test_list",
+    "entry_points",
+    "reference",
+)
+_ANSWER_IN_A_BLOCK = "Answer with a single ```python code block."
+
+
+def _code_gold(data: dict[str, Any]) -> tuple[Any, str | None]:
+    """A code row's gold tests, and the user message to show when the row's prompt is a
+    HumanEval stub or MBPP task text (None: show its prompt or messages as they are)."""
+    has_messages = data.get("messages") not in (None, "")
+    if data.get("tests") not in (None, "", [], {}):
+        return _clean_tests(data["tests"]), None
+    if data.get("test_list") is not None:
+        raw = {key: data[key] for key in _MBPP_KEYS if data.get(key) is not None}
+        if "reference" not in raw and data.get("code") is not None:
+            raw["reference"] = data["code"]  # MBPP calls its reference solution `code`
+        gold = _clean_mbpp(raw)
+        task = data.get("prompt")
+        if task in (None, ""):
+            task = data.get("text")  # the original MBPP's name for the task
+        if has_messages or task in (None, ""):
+            return gold, None
+        return gold, _mbpp_message(_clean_text(task, "prompt"), gold)
+    if data.get("test") not in (None, ""):
+        raw = {"test": data["test"], "entry_point": data.get("entry_point", "")}
+        stub = data.get("prompt")
+        if not (isinstance(stub, str) and _is_stub(stub, raw["entry_point"])):
+            stub = None
+        if stub is not None:
+            raw["context"] = stub  # may define helpers that the tests call (HumanEval/32: poly)
+        solution = data.get("canonical_solution")
+        if data.get("reference") not in (None, ""):
+            raw["reference"] = data["reference"]
+        elif solution not in (None, ""):
+            if not isinstance(solution, str):
+                raise RowError("canonical_solution must be a string")
+            # HumanEval's canonical solution is the function body that follows the stub.
+            raw["reference"] = (stub or "") + solution
+        gold = _clean_assert_tests(raw)
+        if has_messages or stub is None:
+            return gold, None
+        return gold, _stub_message(stub, gold["entry_point"])
+    raise RowError("missing field: tests (required for domain code)")
+
+
 def _clean_tests(tests: Any) -> Any:
     if isinstance(tests, str):
-        import json
-
         try:
             tests = json.loads(tests)
         except ValueError:
             raise RowError("tests is a string that is not JSON") from None
     if isinstance(tests, dict):
-        if not isinstance(tests.get("test"), str) or not tests["test"].strip():
-            raise RowError("tests.test must be assert-style source code")
-        entry_point = tests.get("entry_point", "")
-        if not isinstance(entry_point, str) or not entry_point.isidentifier():
-            raise RowError("tests.entry_point must be a Python identifier")
-        return {"test": tests["test"], "entry_point": entry_point}
+        if "test_list" in tests:
+            return _clean_mbpp(tests)
+        if "test" in tests:
+            return _clean_assert_tests(tests)
+        raise RowError(
+            "tests must be [{input, output}, ...], {test, entry_point, ...} "
+            "or {test_list, entry_points, ...}"
+        )
     if isinstance(tests, list) and tests:
+        if len(tests) > MAX_CODE_TESTS:
+            raise RowError(f"tests has more than {MAX_CODE_TESTS} cases")
         for index, case in enumerate(tests):
             if not isinstance(case, dict) or not {"input", "output"} <= set(case):
                 raise RowError(f"tests[{index}] must be an object with input and output")
             if not isinstance(case["input"], str) or not isinstance(case["output"], str):
                 raise RowError(f"tests[{index}].input and .output must be strings")
-        return [{"input": c["input"], "output": c["output"]} for c in tests]
+        return _within_size([{"input": c["input"], "output": c["output"]} for c in tests])
     raise RowError("missing field: tests (required for domain code)")
 
 
-@transaction.atomic
+def _clean_assert_tests(tests: dict[str, Any]) -> dict[str, Any]:
+    _no_unknown_keys(tests, _ASSERT_KEYS)
+    test = tests.get("test")
+    if not isinstance(test, str) or not test.strip():
+        raise RowError("tests.test must be assert-style source code")
+    if "check" not in _top_level_names(_parse(test, "tests.test")):
+        raise RowError("tests.test must define check(candidate)")
+    entry_point = tests.get("entry_point", "")
+    if not _is_identifier(entry_point):
+        raise RowError("tests.entry_point must be a Python identifier")
+    clean: dict[str, Any] = {"test": test, "entry_point": entry_point}
+    context = _optional_source(tests.get("context"), "tests.context")
+    if context is not None:
+        clean["context"] = context
+    reference = _optional_source(tests.get("reference"), "tests.reference")
+    if reference is not None:
+        if entry_point not in _top_level_names(_parse(reference, "tests.reference")):
+            raise RowError(f"the reference solution does not define {entry_point}")
+        clean["reference"] = reference
+    return _within_size(clean)
+
+
+def _clean_mbpp(tests: dict[str, Any]) -> dict[str, Any]:
+    _no_unknown_keys(tests, _MBPP_KEYS)
+    test_list = _source_list(tests.get("test_list"), "test_list", asserts=True)
+    if not test_list:
+        raise RowError("test_list must be a non-empty list of assert statements")
+    challenge = _source_list(tests.get("challenge_test_list"), "challenge_test_list", asserts=True)
+    imports = _source_list(tests.get("test_imports"), "test_imports")
+    for index, (_, tree) in enumerate(imports):
+        if not all(isinstance(node, ast.Import | ast.ImportFrom) for node in tree.body):
+            raise RowError(f"test_imports[{index}] must hold import statements only")
+    setup = _optional_source(tests.get("test_setup_code"), "test_setup_code") or ""
+    setup_tree = _parse(setup, "test_setup_code")
+    reference = _optional_source(tests.get("reference"), "reference")
+    defined = _top_level(_parse(reference, "reference")) if reference is not None else None
+
+    # Names the tests (and the setup code, which runs after the program: MBPP 367 builds its
+    # trees with the program's `Node`) use without binding them, in order of first use.
+    used: dict[str, None] = {}
+    for _, tree in [*test_list, *challenge, ("", setup_tree)]:
+        used.update(dict.fromkeys(_free_names(tree)))
+    harness: set[str] = set(_top_level(setup_tree))
+    for _, tree in imports:
+        harness.update(_top_level(tree))
+    star = "*" in harness or (defined is not None and "*" in defined)
+
+    found: list[str] = []
+    extra_imports: list[str] = []
+    for name in used:
+        if name in harness:
+            continue
+        if defined is None:
+            if name not in _BUILTINS:
+                found.append(name)
+            continue
+        statement = defined.get(name)
+        if statement is None:
+            if name in _BUILTINS or star:
+                continue
+            raise RowError(
+                f"the tests use {name}, which neither the reference solution "
+                "nor test_imports / test_setup_code define"
+            )
+        if isinstance(statement, ast.Import | ast.ImportFrom):
+            # The tests use a module the reference imports (MBPP 596: sys.getsizeof): the
+            # harness imports it, rather than requiring the candidate to.
+            extra_imports.append(_import_of(statement, name))
+        else:
+            found.append(name)
+
+    entry_points = tests.get("entry_points")
+    if entry_points is None:
+        entry_points = found
+        if not entry_points:
+            raise RowError(
+                "no entry point: the tests call nothing that "
+                + (
+                    "the reference solution defines"
+                    if defined is not None
+                    else "the program must define (and there is no reference solution)"
+                )
+            )
+    else:
+        if not isinstance(entry_points, list) or not entry_points:
+            raise RowError("entry_points must be a non-empty list of names")
+        for index, name in enumerate(entry_points):
+            if not _is_identifier(name):
+                raise RowError(f"entry_points[{index}] must be a Python identifier")
+            if defined is not None and name not in defined:
+                raise RowError(f"the reference solution does not define {name}")
+        if len(set(entry_points)) != len(entry_points):
+            raise RowError("entry_points has duplicates")
+    clean: dict[str, Any] = {
+        "test_list": [source for source, _ in test_list],
+        "test_imports": [source for source, _ in imports] + extra_imports,
+        "test_setup_code": setup,
+        "challenge_test_list": [source for source, _ in challenge],
+        "entry_points": list(entry_points),
+    }
+    if reference is not None:
+        clean["reference"] = reference
+    return _within_size(clean)
+
+
+def _no_unknown_keys(tests: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(str(key) for key in set(tests) - set(known))
+    if unknown:
+        raise RowError(f"tests has unknown keys {unknown} (known: {list(known)})")
+
+
+def _within_size(tests: Any) -> Any:
+    if len(json.dumps(tests)) > MAX_GOLD_CHARS:
+        raise RowError(f"tests are larger than {MAX_GOLD_CHARS} characters")
+    return tests
+
+
+def _is_identifier(name: Any) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _parse(source: str, what: str) -> ast.Module:
+    if len(source) > MAX_SOURCE_CHARS:
+        raise RowError(f"{what} is longer than {MAX_SOURCE_CHARS} characters")
+    if "\x00" in source:
+        raise RowError(f"{what} contains a NUL byte")
+    try:
+        return _quiet_parse(source)
+    except SyntaxError as exc:
+        raise RowError(f"{what} is not valid Python: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise RowError(f"{what} is not valid Python ({type(exc).__name__})") from None
+
+
+def _quiet_parse(source: str) -> ast.Module:
+    # Published references are full of "\d" in plain strings: no warnings for the data.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source)
+
+
+def _optional_source(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"{what} must be a string of Python source")
+    _parse(value, what)
+    return value
+
+
+def _source_list(value: Any, what: str, *, asserts: bool = False) -> list[tuple[str, ast.Module]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RowError(f"{what} must be a list of strings")
+    if len(value) > MAX_CODE_TESTS:
+        raise RowError(f"{what} has more than {MAX_CODE_TESTS} entries")
+    out = []
+    for index, source in enumerate(value):
+        if not isinstance(source, str) or not source.strip():
+            raise RowError(f"{what}[{index}] must be a non-empty string")
+        tree = _parse(source, f"{what}[{index}]")
+        if asserts and not any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
+            raise RowError(f"{what}[{index}] has no assert statement")
+        out.append((source, tree))
+    return out
+
+
+def _binding(alias: ast.alias) -> str:
+    return alias.asname or alias.name.split(".")[0]
+
+
+def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
+    """The names a module binds at top level (also inside top-level if / try / with / for
+    blocks), each with the statement that binds it last."""
+    found: dict[str, ast.stmt] = {}
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                found[node.name] = node
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                for alias in node.names:
+                    found[_binding(alias)] = node
+            else:
+                targets: list[ast.AST] = []
+                if isinstance(node, ast.Assign):
+                    targets = list(node.targets)
+                elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For | ast.AsyncFor):
+                    targets = [node.target]
+                elif isinstance(node, ast.With | ast.AsyncWith):
+                    targets = [i.optional_vars for i in node.items if i.optional_vars]
+                for target in targets:
+                    for sub in ast.walk(target):
+                        if isinstance(sub, ast.Name):
+                            found[sub.id] = node
+                for walrus in ast.walk(node):
+                    if isinstance(walrus, ast.NamedExpr) and isinstance(walrus.target, ast.Name):
+                        found.setdefault(walrus.target.id, node)
+                for block in ("body", "orelse", "finalbody"):
+                    inner = getattr(node, block, None)
+                    if isinstance(inner, list):
+                        visit(inner)
+                for handler in getattr(node, "handlers", None) or ():
+                    visit(handler.body)
+
+    visit(tree.body)
+    return found
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    return set(_top_level(tree))
+
+
+def _free_names(tree: ast.Module) -> list[str]:
+    """The names a source reads but never binds itself, in order of first use."""
+    first: dict[str, tuple[int, int]] = {}
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                where = (node.lineno, node.col_offset)
+                first[node.id] = min(first.get(node.id, where), where)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update(_binding(alias) for alias in node.names)
+        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+    return [name for name in sorted(first, key=first.__getitem__) if name not in bound]
+
+
+def _import_of(statement: ast.Import | ast.ImportFrom, name: str) -> str:
+    """The part of an import statement that binds `name`, as source."""
+    aliases = [alias for alias in statement.names if _binding(alias) == name]
+    if isinstance(statement, ast.Import):
+        return ast.unparse(ast.Import(names=aliases))
+    if statement.level:
+        raise RowError(f"the tests use {name}, which the reference imports relatively")
+    return ast.unparse(ast.ImportFrom(module=statement.module, names=aliases, level=0))
+
+
+def _is_stub(source: str, entry_point: Any) -> bool:
+    """Whether a prompt is Python source that defines the entry point (a HumanEval stub)."""
+    if not _is_identifier(entry_point) or len(source) > MAX_SOURCE_CHARS:
+        return False
+    try:
+        tree = _quiet_parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return isinstance(_top_level(tree).get(entry_point), ast.FunctionDef | ast.AsyncFunctionDef)
+
+
+def _fence(source: str) -> str:
+    fence = "```"
+    while fence in source:
+        fence += "`"
+    return fence
+
+
+def _stub_message(stub: str, entry_point: str) -> str:
+    fence = _fence(stub)
+    return (
+        f"Complete the following Python function `{entry_point}`.\n\n"
+        f"{fence}python\n{stub.strip(chr(10))}\n{fence}\n\n"
+        "Write the whole function, its `def` line included, with any imports and helpers "
+        f"it needs. {_ANSWER_IN_A_BLOCK}"
+    )
+
+
+def _mbpp_message(task: str, gold: dict[str, Any]) -> str:
+    reference = gold.get("reference")
+    defined = _top_level(_quiet_parse(reference)) if reference else {}
+    required = [_signature(name, defined.get(name)) for name in gold["entry_points"]]
+    listed = (
+        required[0] if len(required) == 1 else ", ".join(required[:-1]) + " and " + required[-1]
+    )
+    return f"{task.strip()}\n\nYour code should define {listed}.\n\n{_ANSWER_IN_A_BLOCK}"
+
+
+def _signature(name: str, statement: ast.stmt | None) -> str:
+    """How the prompt names a required definition: the reference's `def` line, a class with
+    its constructor and attributes, or the bare name."""
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef) and statement.name == name:
+        prefix = "async def" if isinstance(statement, ast.AsyncFunctionDef) else "def"
+        returns = f" -> {ast.unparse(statement.returns)}" if statement.returns else ""
+        return f"`{prefix} {name}({ast.unparse(statement.args)}){returns}`"
+    if isinstance(statement, ast.ClassDef) and statement.name == name:
+        init = next(
+            (
+                node
+                for node in statement.body
+                if isinstance(node, ast.FunctionDef) and node.name == "__init__"
+            ),
+            None,
+        )
+        if init is None:
+            return f"`class {name}`"
+        args = ast.arguments(
+            posonlyargs=init.args.posonlyargs[1:],
+            args=init.args.args[1:] if not init.args.posonlyargs else init.args.args,
+            vararg=init.args.vararg,
+            kwonlyargs=init.args.kwonlyargs,
+            kw_defaults=init.args.kw_defaults,
+            kwarg=init.args.kwarg,
+            defaults=init.args.defaults,
+        )
+        self_name = (init.args.posonlyargs or init.args.args or [ast.arg(arg="self")])[0].arg
+        attributes = list(
+            dict.fromkeys(
+                node.attr
+                for node in ast.walk(init)
+                if isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == self_name
+            )
+        )
+        described = f"`class {name}` (built as `{name}({ast.unparse(args)})`"
+        if attributes:
+            described += ", with attributes " + ", ".join(f"`{a}`" for a in attributes)
+        return described + ")"
+    return f"`{name}`"
+
+
 def import_prompts(
-    *, prompt_set: PromptSet, rows: Iterable[RawRow], skip_invalid: bool = False
+    *,
+    prompt_set: PromptSet,
+    rows: Iterable[RawRow],
+    skip_invalid: bool = False,
+    check_references: bool = False,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportReport:
     """Adds the rows' prompts to the set. All or nothing unless `skip_invalid`.
 
     Prompts whose normalised text is already in the set (or earlier in the file) are dropped
-    and counted, so re-importing a file changes nothing.
+    and counted, so re-importing a file changes nothing. With `check_references`, each new code
+    prompt that carries a reference solution has it judged by the code verifier first (in
+    `workers` threads, `progress(done, total)` after each); a reference that does not pass
+    makes its row invalid. Raises SandboxUnavailable when the sandbox cannot run here.
     """
+    if check_references:
+        problem = check_available()
+        if problem:
+            raise SandboxUnavailable(problem)
     report = ImportReport()
     seen = set(Prompt.objects.filter(prompt_set=prompt_set).values_list("text_hash", flat=True))
-    fresh: list[CleanRow] = []
+    fresh: list[tuple[int, CleanRow]] = []
     for row in rows:
         if row.error or row.data is None:
             report.invalid.append((row.line, row.error or "unreadable row"))
@@ -170,30 +601,173 @@ def import_prompts(
             report.duplicates += 1
             continue
         seen.add(clean.text_hash)
-        fresh.append(clean)
+        fresh.append((row.line, clean))
+    if check_references:
+        # Outside any transaction: the sandbox runs take a while.
+        failed = _check_references(
+            fresh, prompt_set.verifier_config or {}, workers=workers, progress=progress
+        )
+        report.checked = sum(1 for _, c in fresh if reference_of(c.tests) is not None)
+        if failed:
+            report.invalid = sorted([*report.invalid, *failed.items()])
+            fresh = [(line, c) for line, c in fresh if line not in failed]
     if report.invalid and not skip_invalid:
-        # Raising rolls back the whole import; the caller prints the report.
         raise ImportRejected(report)
 
-    for start in range(0, len(fresh), 1000):
-        chunk = fresh[start : start + 1000]
-        prompts = Prompt.objects.bulk_create(
-            [
-                Prompt(
-                    prompt_set=prompt_set,
-                    external_id=c.external_id,
-                    messages=c.messages,
-                    text_hash=c.text_hash,
-                    metadata=c.metadata,
-                )
-                for c in chunk
-            ]
+    with transaction.atomic():
+        # Another import into the same set may have committed meanwhile.
+        existing = set(
+            Prompt.objects.filter(
+                prompt_set=prompt_set, text_hash__in=[c.text_hash for _, c in fresh]
+            ).values_list("text_hash", flat=True)
         )
-        PromptGold.objects.bulk_create(
-            [
-                PromptGold(prompt=p, answer=c.answer, tests=c.tests)
-                for p, c in zip(prompts, chunk, strict=True)
-            ]
+        new = [c for _, c in fresh if c.text_hash not in existing]
+        report.duplicates += len(fresh) - len(new)
+        # The same text closed in another set: its gold may be public already, so the copy is
+        # born closed (never leased, never judged for credit).
+        closed_at = dict(
+            Prompt.objects.filter(
+                text_hash__in=[c.text_hash for c in new], closed_at__isnull=False
+            ).values_list("text_hash", "closed_at")
         )
-    report.created = len(fresh)
+        for start in range(0, len(new), 1000):
+            chunk = new[start : start + 1000]
+            prompts = Prompt.objects.bulk_create(
+                [
+                    Prompt(
+                        prompt_set=prompt_set,
+                        external_id=c.external_id,
+                        messages=c.messages,
+                        text_hash=c.text_hash,
+                        metadata=c.metadata,
+                        closed_at=closed_at.get(c.text_hash),
+                    )
+                    for c in chunk
+                ]
+            )
+            PromptGold.objects.bulk_create(
+                [
+                    PromptGold(prompt=p, answer=c.answer, tests=c.tests)
+                    for p, c in zip(prompts, chunk, strict=True)
+                ]
+            )
+    report.created = len(new)
     return report
+
+
+def reference_of(tests: Any) -> str | None:
+    """The reference solution that code gold carries, if any."""
+    if isinstance(tests, dict) and isinstance(tests.get("reference"), str):
+        return tests["reference"] or None
+    return None
+
+
+def reference_problem(tests: Any, config: dict[str, Any] | None = None) -> str | None:
+    """Why the reference solution in `tests` does not pass them (None: it passes, or there is
+    none). Raises SandboxUnavailable when the sandbox cannot run."""
+    from scoring.verifiers.base import Candidate, Gold, Status
+    from scoring.verifiers.code_tests import CodeVerifier
+
+    reference = reference_of(tests)
+    if reference is None:
+        return None
+    outcome = CodeVerifier().verify(
+        Candidate(completion="```python\n" + reference + "\n```"), Gold(tests=tests), config or {}
+    )
+    if outcome.status is Status.PASS:
+        return None
+    details = outcome.details
+    if details.get("error") == "SandboxUnavailable":
+        raise SandboxUnavailable(str(details.get("message", "")))
+    if outcome.status in (Status.FAIL, Status.TIMEOUT, Status.SKIPPED) and details.get("reason"):
+        # SKIPPED: the tests themselves cannot be graded (e.g. they pass the program a lambda,
+        # which cannot cross to its process: "cannot_cross").
+        text = (
+            "tests cannot be graded"
+            if outcome.status is Status.SKIPPED
+            else "reference solution does not pass"
+        )
+        text += f": {details['reason']}"
+        first = details.get("first_failure")
+        if first is not None:
+            text += f" on test {first}"
+            error = next(
+                (
+                    t.get("error")
+                    for t in details.get("tests") or ()
+                    if isinstance(t, dict) and t.get("test") == first
+                ),
+                None,
+            )
+            if error:
+                text += f" ({error})"
+        return text
+    why = details.get("error") or outcome.status
+    message = details.get("message")
+    return f"reference solution could not be judged: {why}" + (f": {message}" if message else "")
+
+
+def _check_references(
+    rows: Sequence[tuple[int, CleanRow]],
+    config: dict[str, Any],
+    *,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[int, str]:
+    """line -> why its reference fails, for the rows whose reference solution does not pass."""
+    todo = [(line, c.tests) for line, c in rows if reference_of(c.tests) is not None]
+    failed: dict[int, str] = {}
+    if progress:
+        progress(0, len(todo))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(reference_problem, tests, config): line for line, tests in todo}
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                problem = future.result()
+                if problem:
+                    failed[futures[future]] = problem
+                if progress:
+                    progress(done, len(todo))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return failed
+
+
+# --- closing prompts to collection ----------------------------------------------------------
+
+
+def _close(prompts: QuerySet[Prompt], at: datetime | None, twins: bool) -> int:
+    if twins:
+        # The same text in another set has the same answer: once one copy's gold may be
+        # public, no copy can stay open (verdicts on it would confirm what was published).
+        prompts = Prompt.objects.filter(text_hash__in=prompts.values("text_hash"))
+    prompts = prompts.filter(closed_at__isnull=True)
+    # Locked in id order first. Uploads hold the prompts they store for FOR SHARE until they
+    # commit (contributors.services), so an upload in flight finishes before the close, and
+    # one that comes after it sees the prompt closed and stores nothing.
+    list(prompts.select_for_update().order_by("pk").values_list("pk", flat=True))
+    return prompts.update(closed_at=at or timezone.now())
+
+
+@transaction.atomic
+def close_prompts(
+    *, prompt_ids: Iterable[int], at: datetime | None = None, twins: bool = True
+) -> int:
+    """Closes prompts to collection. A closed prompt is never leased again, uploads for it are
+    refused (`prompt_closed`), the gold-dependent verdicts of its samples become visible to
+    their contributors (scoring/disclosure.py), and its gold may be published. With `twins`
+    (the default), prompts of the same normalised text in other sets are closed too. Already
+    closed prompts keep their date. Returns how many prompts were closed now."""
+    return _close(Prompt.objects.filter(pk__in=list(prompt_ids)), at, twins)
+
+
+@transaction.atomic
+def retire_prompt_set(*, prompt_set: PromptSet, at: datetime | None = None) -> int:
+    """Closes every prompt of the set (and their twins elsewhere) and deactivates the set.
+    Prompts imported into it later start open. Returns how many prompts were closed now."""
+    closed = _close(Prompt.objects.filter(prompt_set=prompt_set), at, twins=True)
+    PromptSet.objects.filter(pk=prompt_set.pk).update(is_active=False)
+    prompt_set.is_active = False
+    return closed

@@ -1,13 +1,34 @@
 """Celery tasks for scoring. Each takes ids, fetches fresh rows, calls a service, and is safe
-to run twice (the service claims work with a conditional UPDATE and upserts verdicts)."""
+to run twice (the service claims work with a conditional UPDATE and upserts verdicts).
+
+Failure paths of a scoring task, and where each sample of its chunk ends up:
+
+* A verifier's own failure is an `error` verdict (pipeline._run), never a crashed task.
+* The soft time limit, or a database error (pipeline.InfrastructureError), propagates out of
+  the sample being judged: the task retries itself (same task id) with back-off, from that
+  sample on. The retry re-claims that sample at once (same claim key) and goes on with the
+  rest of the chunk; samples already settled are not judged again.
+* A killed worker process (OOM killer, segfault, SIGKILL): `acks_late` and
+  `reject_on_worker_lost` put the message back, and its redelivery (same task id) re-claims
+  the sample the dead process held at once. Every claim counts an attempt; a sample that keeps
+  killing its worker ends `error`, "poison", once THINKPOOL["MAX_SCORING_ATTEMPTS"] are spent.
+* Anything else (a bug of ours on one sample) ends that sample `error`, retried later with
+  back-off, and the rest of the chunk goes on.
+* A lost message, or a worker killed where no redelivery comes (the whole worker on the
+  filesystem broker, or before Redis's visibility timeout): the sweeper re-queues samples stuck
+  beyond SWEEP_AFTER_S, which scoring/checks.py keeps longer than any task's time limit.
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from scoring import pipeline
 from scoring.models import Domain, Sample
@@ -18,12 +39,15 @@ logger = logging.getLogger(__name__)
 # broker out of the ingest hot path, while a chunk stays small enough to finish in seconds.
 QUEUE_CHUNK = 64
 
+# Retries of a chunk (soft time limit, database errors): exponential with full jitter, at most
+# this long apart.
+RETRY_BACKOFF_MAX_S = 300
+RETRYABLE = (SoftTimeLimitExceeded, *pipeline.InfrastructureError)
+
 _SCORING_TASK: dict[str, Any] = {
+    "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
-    "autoretry_for": pipeline.InfrastructureError,
-    "retry_backoff": True,
-    "retry_backoff_max": 300,
     "max_retries": 8,
 }
 
@@ -35,8 +59,8 @@ _SCORING_TASK: dict[str, Any] = {
     time_limit=660,
     **_SCORING_TASK,
 )
-def score_samples(sample_ids: list[int], rescore: bool = False) -> int:
-    return _score_all(sample_ids, rescore)
+def score_samples(self: Task, sample_ids: list[int], rescore: bool = False) -> int:
+    return _score_all(self, sample_ids, rescore)
 
 
 # Code runs in the sandbox: its own queue, so its workers can be few (bounded concurrency)
@@ -48,21 +72,55 @@ def score_samples(sample_ids: list[int], rescore: bool = False) -> int:
     time_limit=1900,
     **_SCORING_TASK,
 )
-def score_code_samples(sample_ids: list[int], rescore: bool = False) -> int:
-    return _score_all(sample_ids, rescore)
+def score_code_samples(self: Task, sample_ids: list[int], rescore: bool = False) -> int:
+    return _score_all(self, sample_ids, rescore)
 
 
-def _score_all(sample_ids: list[int], rescore: bool) -> int:
+# The scoring tasks, and which judges the samples of a domain (scoring/checks.py holds the
+# verifiers of each domain to the soft time limit of its task).
+SCORING_TASKS = (score_samples, score_code_samples)
+SANDBOX_DOMAINS = frozenset({Domain.CODE})
+
+
+def task_for(domain: str) -> Any:
+    return score_code_samples if domain in SANDBOX_DOMAINS else score_samples
+
+
+def _score_all(task: Task, sample_ids: list[int], rescore: bool) -> int:
+    # The claim key is the task id: a retry (task.retry) and a redelivery after a lost worker
+    # keep it, so they re-claim the sample the cut-short run left `scoring`; a duplicate
+    # message has another id and leaves it alone. Called directly there is no id: a fresh key.
+    key = task.request.id or f"call-{uuid.uuid4().hex}"
     judged = 0
-    for pk in sample_ids:
-        try:
-            judged += pipeline.score_sample(sample_id=pk, rescore=rescore)
-        except pipeline.InfrastructureError:
-            raise  # the task retries the chunk; samples already judged are skipped by the claim
-        except Exception:
-            # One sample's bug must not hold up the rest of the chunk; it stays `scoring`
-            # and the sweeper tries it again later.
-            logger.exception("scoring sample %s failed", pk)
+    pending = list(sample_ids)  # this sample and those after it
+    try:
+        while pending:
+            pk = pending[0]
+            try:
+                judged += pipeline.score_sample(sample_id=pk, claim_key=key, rescore=rescore)
+            except RETRYABLE:
+                raise  # never swallowed here: the whole task retries (below)
+            except Exception as exc:
+                # One sample's bug must not hold up the rest of the chunk.
+                logger.exception("scoring sample %s failed", pk)
+                pipeline.give_up(sample_id=pk, claim_key=key, error=exc)
+            pending.pop(0)
+    except RETRYABLE as exc:
+        # Out of time, or the database is away: try again later from this sample on (those
+        # before it are settled; with `rescore` they must not be judged again).
+        logger.warning(
+            "scoring task %s stopped at sample %s (%s); retrying",
+            key,
+            pending[0],
+            type(exc).__name__,
+        )
+        countdown = get_exponential_backoff_interval(
+            factor=1,
+            retries=task.request.retries,
+            maximum=RETRY_BACKOFF_MAX_S,
+            full_jitter=True,
+        )
+        raise task.retry(args=(pending, rescore), exc=exc, countdown=countdown) from exc
     return judged
 
 
@@ -70,11 +128,16 @@ def _score_all(sample_ids: list[int], rescore: bool) -> int:
     name="scoring.sweep_stuck_samples", queue="maintenance", acks_late=True, time_limit=300
 )
 def sweep_stuck_samples() -> int:
-    ids = pipeline.stuck_sample_ids()
-    queue_scoring(ids)
-    if ids:
-        logger.info("re-queued %d samples stuck before a verdict", len(ids))
-    return len(ids)
+    """Every minute (beat): samples stuck before a verdict, and samples whose transient error
+    is due for another try, are queued for scoring again."""
+    stuck = pipeline.stuck_sample_ids()
+    due = pipeline.due_retry_ids()
+    queue_scoring(stuck + due)
+    if stuck:
+        logger.info("re-queued %d samples stuck before a verdict", len(stuck))
+    if due:
+        logger.info("re-queued %d samples whose verifier error is due for another try", len(due))
+    return len(stuck) + len(due)
 
 
 def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
@@ -84,7 +147,7 @@ def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
         return
     code_ids = set(
         Sample.objects.filter(
-            pk__in=sample_ids, prompt__prompt_set__domain=Domain.CODE
+            pk__in=sample_ids, prompt__prompt_set__domain__in=SANDBOX_DOMAINS
         ).values_list("pk", flat=True)
     )
     for task, ids in (

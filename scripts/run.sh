@@ -14,7 +14,15 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-.venv/bin/celery -A thinkpool worker -Q verify,sandbox,maintenance,publish --concurrency 2 \
+# Code samples need the sandbox (bubblewrap and per-run cgroups: root, or a delegated cgroup);
+# a worker consuming `sandbox` refuses to start without it. Without one, code samples wait in
+# their queue until a worker that has it starts.
+queues=verify,sandbox,maintenance,publish
+if ! sandbox_status=$($PY -m scoring.sandbox 2>&1); then
+    queues=verify,maintenance,publish
+    echo "No code sandbox here, so code samples wait unjudged: ${sandbox_status##*$'\n'}" >&2
+fi
+.venv/bin/celery -A thinkpool worker -Q "$queues" --concurrency 2 \
     --loglevel INFO >var/log/worker.log 2>&1 &
 pids+=($!)
 .venv/bin/celery -A thinkpool beat --loglevel INFO >var/log/beat.log 2>&1 &

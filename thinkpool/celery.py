@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "thinkpool.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("thinkpool")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -17,6 +22,56 @@ app.conf.task_queues = [
 ]
 app.conf.beat_schedule = {
     "expire-overdue-leases": {"task": "contributors.expire_overdue_leases", "schedule": 30.0},
+    # Also re-queues samples whose transient verifier error is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
 }
 app.autodiscover_tasks(["contributors", "scoring"])
+
+
+def worker_startup_problems(queues: Iterable[str]) -> list[str]:
+    """Why a worker that consumes `queues` must not start (empty: it may).
+
+    Every worker: scoring's timing relations (scoring/checks.py). Celery runs Django's system
+    checks at start-up but ignores what they find, so they are asked again here.
+    A worker of the `sandbox` queue: the sandbox must work here, or every code sample it takes
+    would end `error` (or, worse, be judged with no isolation). THINKPOOL_UNSAFE_NO_SANDBOX=1
+    lets it start anyway, for development, with a loud warning.
+    """
+    from scoring import sandbox
+    from scoring.checks import timing_problems
+
+    problems = [f"{check_id}: {message}" for check_id, message in timing_problems()]
+    if "sandbox" in set(queues):
+        unsafe = os.environ.get(sandbox.UNSAFE_ENV, "") == "1"
+        reason = sandbox.check_available()
+        if unsafe:
+            logger.warning(
+                "%s=1: this worker runs untrusted code WITHOUT a sandbox (development only)%s",
+                sandbox.UNSAFE_ENV,
+                f"; the sandbox does not work here: {reason}" if reason else "",
+            )
+        elif reason:
+            problems.append(f"the sandbox does not work here: {reason}")
+        # The lead is adding capabilities(): what isolation and limits this host provides.
+        capabilities = getattr(sandbox, "capabilities", None)
+        if callable(capabilities):
+            try:
+                logger.info("sandbox capabilities: %s", capabilities())
+            except Exception:
+                logger.exception("sandbox capabilities could not be read")
+    return problems
+
+
+@signals.worker_init.connect
+def refuse_to_start_unsoundly(sender: Any = None, **kwargs: Any) -> None:
+    """Runs in the worker's main process before its pool starts or any message is taken."""
+    worker_app = getattr(sender, "app", None)
+    if worker_app is None or getattr(worker_app, "main", None) != app.main:
+        return
+    queues = list(worker_app.amqp.queues.consume_from)
+    problems = worker_startup_problems(queues)
+    if problems:
+        for problem in problems:
+            logger.critical("refusing to start this worker: %s", problem)
+        # SystemExit, not an exception: Celery logs and swallows exceptions of signal handlers.
+        raise SystemExit("refusing to start this worker: " + "; ".join(problems))

@@ -37,7 +37,7 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}.")
 
 
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -47,6 +47,8 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}.") from None
     if parsed < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {parsed}.")
+    if maximum is not None and parsed > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {parsed}.")
     return parsed
 
 
@@ -227,8 +229,12 @@ THINKPOOL = {
     "MAX_LEASE_LIFETIME_S": env_int("THINKPOOL_MAX_LEASE_LIFETIME_S", 24 * 3600, minimum=60),
     # Samples left in `received` or `scoring` longer than this are queued again by the sweeper.
     # Longer than the longest scoring task may run (the sandbox queue's 1900 s), so that a
-    # sample still being judged is never judged a second time beside it.
+    # sample still being judged is never judged a second time beside it: otherwise
+    # scoring/checks.py stops `manage.py check`, `migrate`, `runserver` and the Celery worker.
     "SWEEP_AFTER_S": env_int("THINKPOOL_SWEEP_AFTER_S", 2400, minimum=1),
+    # Claims of one sample (each crash, time-out or transient verifier error costs one) before
+    # it ends `error` with a reason starting "poison" (or stops being retried).
+    "MAX_SCORING_ATTEMPTS": env_int("THINKPOOL_MAX_SCORING_ATTEMPTS", 5, minimum=1, maximum=100),
 }
 
 LOGGING = {

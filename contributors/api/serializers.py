@@ -260,6 +260,11 @@ class VerdictOutSerializer(serializers.Serializer):
 
 
 class SampleOutSerializer(serializers.Serializer):
+    """A sample as its contributor sees it (scoring/disclosure.py decides the judgement part):
+    while the prompt is open, `disclosed` is false, `status` is `accepted` or `rejected` (by a
+    gold-free check) and `verdicts` are the gold-free checks only; once it is closed, the real
+    status, reason and verdict statuses."""
+
     id = serializers.IntegerField()
     client_id = serializers.UUIDField()
     prompt = serializers.IntegerField(source="prompt_id")
@@ -268,6 +273,7 @@ class SampleOutSerializer(serializers.Serializer):
     temperature = serializers.FloatField()
     finish_reason = serializers.CharField()
     counted = serializers.BooleanField()
+    disclosed = serializers.BooleanField()
     status = serializers.CharField()
     status_reason = serializers.CharField()
     received_at = serializers.DateTimeField()
@@ -281,9 +287,26 @@ class LimitsOutSerializer(serializers.Serializer):
     max_prompts_per_lease = serializers.IntegerField()
 
 
+class StatusCountsOutSerializer(serializers.Serializer):
+    received = serializers.IntegerField()
+    scoring = serializers.IntegerField()
+    verified = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    error = serializers.IntegerField()
+
+
+class SampleSummaryOutSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    awaiting_disclosure = serializers.IntegerField(
+        help_text="Samples of prompts still open: their correctness is not disclosed yet."
+    )
+    disclosed = StatusCountsOutSerializer(help_text="Samples of closed prompts, by status.")
+
+
 class MeOutSerializer(serializers.Serializer):
     username = serializers.CharField()
     handle = serializers.CharField()
     hf_username = serializers.CharField()
     public_attribution = serializers.BooleanField()
     limits = LimitsOutSerializer()
+    samples = SampleSummaryOutSerializer()

@@ -35,6 +35,7 @@ class MeView(APIView):
                 "max_completion_chars": settings.THINKPOOL["MAX_COMPLETION_CHARS"],
                 "max_prompts_per_lease": settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"],
             },
+            "samples": selectors.sample_summary(user=request.user),
         }
         return Response(io.MeOutSerializer(data).data)
 
@@ -112,7 +113,7 @@ class LeaseDetailView(APIView):
     @extend_schema(responses=io.LeaseOutSerializer)
     def get(self, request: Request, lease_id: int) -> Response:
         lease = selectors.lease_for(user=request.user, lease_id=lease_id)
-        items = [i for i in selectors.lease_items(lease=lease) if i.pending]
+        items = selectors.open_lease_items(lease=lease)
         return Response(io.LeaseOutSerializer(lease, context={"items": items}).data)
 
     @extend_schema(responses=io.ReleaseOutSerializer)
@@ -181,7 +182,7 @@ class SampleListView(APIView):
 class SampleDetailView(APIView):
     @extend_schema(responses=io.SampleOutSerializer)
     def get(self, request: Request, sample_id: int) -> Response:
-        sample = selectors.sample_for(user=request.user, sample_id=sample_id)
+        sample = selectors.sample_view(user=request.user, sample_id=sample_id)
         return Response(io.SampleOutSerializer(sample).data)
 
 

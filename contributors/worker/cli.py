@@ -21,10 +21,17 @@ from . import __version__
 from . import config as cfgmod
 from .backends import Backend
 from .config import WorkerConfig
-from .display import Display, Progress, setup_logging
-from .errors import AuthError, ConfigError, ServerUnreachable, UploadPostponed, WorkerError
-from .journal import Journal
-from .net import RetryPolicy, ServerClient, ServerLimits, make_http_client
+from .display import Display, Progress, disclosure_lines, setup_logging
+from .errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ServerUnreachable,
+    UploadPostponed,
+    WorkerError,
+)
+from .journal import ACCEPTED, Journal
+from .net import NO_RETRY, RetryPolicy, ServerClient, ServerLimits, make_http_client
 
 log = logging.getLogger("thinkpool.worker")
 
@@ -349,6 +356,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0 if not rejected and not parsed.errors and not waiting else 1
 
 
+# How many of the latest uploads `status` asks the server about.
+STATUS_RECENT = 20
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = cfgmod.load()
     token = f"{cfg.token[:6]}…" if cfg.token else "(none)"
@@ -357,18 +368,51 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"node:     {cfg.node_id or '(not registered)'} {cfg.node_name or ''}")
     print(f"backend:  {cfg.backend} {cfg.base_url or ''}  model {cfg.model or '(none)'}")
     path = cfgmod.journal_path()
+    recent_ids: list[str] = []
     if path.exists():
         journal = Journal(path)
         c = journal.counts()
         print(
-            f"journal:  {path}\n          {c['pending']} pending, {c['accepted']} accepted, "
-            f"{c['duplicate']} duplicates, {c['rejected']} rejected"
+            f"journal:  {path}\n          {c['pending']} pending, {c['accepted']} accepted "
+            f"(stored by the server), {c['duplicate']} duplicates, {c['rejected']} rejected"
         )
         for s in journal.all("rejected")[-10:]:
             print(f"          rejected {s.client_id}: {s.error_code}: {s.error_message}")
+        # The latest accepted uploads only (a journal can hold many thousands of samples).
+        latest = journal._rows(
+            "WHERE state = ? AND server_id IS NOT NULL ORDER BY created_at DESC, rowid DESC"
+            " LIMIT ?",
+            (ACCEPTED, STATUS_RECENT),
+        )
+        recent_ids = [s.server_id for s in latest if s.server_id]
+        journal.close()
     else:
         print(f"journal:  {path} (empty)")
+    if cfg.server and cfg.token:
+        _print_judgement(cfg, recent_ids)
     return 0
+
+
+def _print_judgement(cfg: WorkerConfig, sample_ids: list[str]) -> None:
+    """What the server discloses about this account's samples: counts from /me/, and the
+    latest uploads as the server shows them (correctness only for closed prompts)."""
+    try:
+        with make_http_client(timeout_s=10.0) as http:
+            server = _server(cfg, http, policy=NO_RETRY)
+            me = _me(server, policy=NO_RETRY)
+            recent = []
+            for sample_id in sample_ids:
+                try:
+                    recent.append(server.get_sample(sample_id))
+                except ApiError as exc:
+                    if isinstance(exc, AuthError):
+                        raise
+                    continue  # e.g. a journal from another server: skip it
+    except WorkerError as exc:
+        print(f"samples:  could not ask the server: {exc}")
+        return
+    for line in disclosure_lines(me.get("samples"), recent):
+        print(line)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -156,3 +157,62 @@ class Display:
         table.add_row("rejected", str(s["rejected"]))
         table.add_row("lease deadline", s["deadline"] or "-")
         return table
+
+
+# --- `thinkpool-worker status`: what the server discloses -------------------------------------
+
+JUDGED = ("verified", "rejected", "error")
+
+
+def disclosure_lines(summary: dict[str, Any] | None, recent: list[dict[str, Any]]) -> list[str]:
+    """What the server says about the judgement of this account's samples, as `status` prints
+    it. The server discloses correctness only for prompts closed to collection; for open ones
+    a sample is `accepted` (its format, truncation, repetition and language checks pass) or
+    `rejected` by one of those checks, and nothing here claims more than that."""
+    lines: list[str] = []
+    if summary:
+        closed = summary.get("disclosed") or {}
+        waiting = int(closed.get("received", 0)) + int(closed.get("scoring", 0))
+        lines.append(
+            f"samples:  {summary.get('total', 0)} on the server; "
+            f"{summary.get('awaiting_disclosure', 0)} for open prompts "
+            "(correctness is disclosed when a prompt closes)"
+        )
+        lines.append(
+            "          closed prompts: "
+            + ", ".join(f"{closed.get(status, 0)} {status}" for status in JUDGED)
+            + f", {waiting} being judged"
+        )
+    if recent:
+        still_open = [d for d in recent if not d.get("disclosed")]
+        closed_now = [d for d in recent if d.get("disclosed")]
+        parts = []
+        if still_open:
+            accepted = sum(1 for d in still_open if d.get("status") == "accepted")
+            parts.append(
+                f"{accepted} accepted (checks pass; correctness not disclosed yet), "
+                f"{len(still_open) - accepted} rejected by checks"
+            )
+        if closed_now:
+            by_status = Counter(str(d.get("status")) for d in closed_now)
+            parts.append(
+                "on closed prompts "
+                + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()) if n)
+            )
+        lines.append(f"recent:   last {len(recent)} uploads: " + "; ".join(parts))
+        reasons = Counter(
+            part
+            for d in recent
+            if d.get("status") in JUDGED[1:]
+            for part in str(d.get("status_reason") or "").split("; ")
+            if part
+        )
+        if reasons:
+            lines.append(
+                "          top reasons: "
+                + ", ".join(
+                    f"{reason} ({n})"
+                    for reason, n in sorted(reasons.items(), key=lambda r: (-r[1], r[0]))[:3]
+                )
+            )
+    return lines

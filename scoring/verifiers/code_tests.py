@@ -1,55 +1,61 @@
-"""Code: run the candidate program against the prompt's hidden tests in the sandbox.
+"""Code: run the candidate program against the prompt's hidden tests, in the sandbox.
 
 The program is the last ```python fenced block of the answer part (else the last fenced block
 of any language tag, else the whole answer). Gold tests come in three shapes:
 
-* stdin/stdout: `[{"input": "...", "output": "..."}, ...]`, one sandbox run per test; the
-  output matches when the whitespace-separated tokens are equal, numbers within `float_tol`
-  (relative or absolute);
-* HumanEval: `{"test": "<source defining check(candidate)>", "entry_point": "f"}`, one run of
-  program + test + `check(f)`;
-* MBPP: `{"test_list": ["assert f(1) == 2", ...], "test_imports": [...]}`, one run.
+* stdin/stdout: `[{"input": "...", "output": "..."}, ...]`, one sandbox run per test; this
+  (trusted) process compares the output: the whitespace-separated tokens are equal, numbers
+  within `float_tol` (relative or absolute);
+* HumanEval: `{"test": "<source defining check(candidate)>", "entry_point": "f",
+  "context"?: "<the prompt's code: helpers the tests may call>"}`;
+* MBPP: `{"test_list": ["assert f(1) == 2", ...], "test_imports"?: [...],
+  "test_setup_code"?: "...", "challenge_test_list"?: [...], "entry_points"?: ["f"]}`.
 
-Per-test results go into `details["tests"]` with the exit reason (ok / wrong_answer /
-runtime_error / timeout / memory / output_limit). Details never carry test inputs, expected
-outputs or test source (gold stays on the server), only the last line of stderr.
+Function-call tests (the last two) never run in the program's process: a trusted harness runs
+them in a sandbox of its own and calls the program, in another sandbox, with plain data only
+(`scoring.grader`). The program cannot see the tests, the expected values or the harness, and
+cannot decide its own verdict: there is no nonce to find and no exit status to fake.
 
-Config keys: `timeout_s` (wall per run, default 10), `cpu_s` (default: timeout_s),
-`memory_mb` (512), `max_output_bytes` (1 MiB), `float_tol` (1e-6), `case_sensitive` (True),
-`fail_fast` (True: stop at the first failing stdin/stdout test).
+Per-test results go into `details["tests"]` with the result (ok / wrong_answer / runtime_error /
+timeout / memory / output_limit / cannot_cross / not_run) and, for errors, the name of a built-in
+exception only. Details never carry test inputs, expected outputs, test source, or anything the
+program printed (it could print the inputs it was called with).
+
+A test that cannot be graded across the process boundary (`cannot_cross`) or whose own code is
+broken (`test_error`) makes the verdict `skipped`: the sample is never verified on it.
+
+Config keys: `timeout_s` (wall per run, default 10), `cpu_s` (CPU seconds of a run, default:
+timeout_s), `memory_mb` (512, the whole run), `max_output_bytes` (1 MiB), `float_tol` (1e-6),
+`case_sensitive` (True), `fail_fast` (True: stop at the first failing test), `challenge_tests`
+(True: MBPP's challenge_test_list counts too), `total_timeout_s` (60: wall budget of one sample
+across all its stdin/stdout runs; tests past it are `not_run` and the sample fails).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
+import time
 from typing import Any, ClassVar
 
+from scoring.grader import FunctionTests, run_function_tests
 from scoring.sandbox import (
     MIB,
     ExitReason,
+    SandboxFailure,
     SandboxLimits,
     SandboxResult,
     SandboxUnavailable,
     run_python,
 )
 from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, Status
-from scoring.verifiers.text import answer_body, split_reasoning
+from scoring.verifiers.text import extract_code, split_reasoning
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
 WRONG_ANSWER = "wrong_answer"
-
-
-def extract_program(answer_text: str) -> str:
-    body = answer_body(answer_text)
-    blocks = _FENCE.findall(body)
-    python = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
-    if python:
-        return python[-1]
-    if blocks:
-        return str(blocks[-1][1])
-    return body
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TOTAL_TIMEOUT_S = 60.0
+# Results that say the tests, not the program, are at fault: no verdict on the sample.
+UNGRADABLE = frozenset({"cannot_cross", "test_error"})
 
 
 def _is_number(tok: str) -> float | None:
@@ -76,72 +82,40 @@ def outputs_match(
     return True
 
 
-def _last_line(stderr: str) -> str:
-    s = stderr.strip()
-    return s.rsplit("\n", 1)[-1][:200] if s else ""
+_EXCEPTION_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,60})(?::|$)")
 
 
-def _run_reason(res: SandboxResult) -> str:
-    if res.exit_reason is ExitReason.RUNTIME_ERROR and _last_line(res.stderr).startswith(
-        "AssertionError"
-    ):
-        return WRONG_ANSWER
-    return str(res.exit_reason)
+def _exception_name(stderr: str) -> str:
+    """The built-in exception a program died of, from its last stderr line, or "other"."""
+    import builtins
 
-
-# The program and its tests run inside this trusted wrapper. The nonce arrives on stdin and is
-# read before any untrusted line runs, so it is in no file the program could read; it is printed
-# only after the tests ran to the end. A program that exits early (sys.exit(0), os._exit(0),
-# raise SystemExit) therefore fails instead of passing with exit status 0. What stays out of
-# reach of this check: a program written to dig the nonce out of the interpreter's own memory
-# (the sandbox still contains it; the exploit only fakes its own verdict).
-HARNESS = """\
-import sys
-_nonce = sys.stdin.readline().strip()
-sys.stdin.close()
-_source = {source!r}
-try:
-    exec(compile(_source, "solution.py", "exec"), {{"__name__": "__main__"}})
-except SystemExit as _exit:
-    sys.stderr.write("SystemExit: the program exited before its tests finished\\n")
-    sys.exit(3)
-print()
-print(_nonce)
-"""
-
-
-def harnessed(source: str) -> str:
-    return HARNESS.format(source=source)
-
-
-def ran_to_the_end(stdout: str, nonce: str) -> bool:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    return bool(lines) and lines[-1].strip() == nonce
-
-
-def assert_source(program: str, tests: dict[str, Any]) -> str:
-    if "test_list" in tests:
-        imports = "\n".join(tests.get("test_imports") or [])
-        return f"{imports}\n{program}\n\n" + "\n".join(tests["test_list"]) + "\n"
-    entry = tests.get("entry_point")
-    call = f"\n\ncheck({entry})\n" if entry else "\n"
-    return f"{program}\n\n{tests['test']}{call}"
+    last = stderr.strip().rsplit("\n", 1)[-1] if stderr.strip() else ""
+    m = _EXCEPTION_LINE.match(last)
+    if m and isinstance(getattr(builtins, m.group(1), None), type):
+        value = getattr(builtins, m.group(1))
+        if issubclass(value, BaseException):
+            return m.group(1)
+    return "other"
 
 
 class CodeVerifier(GuardedVerifier):
     name: ClassVar[str] = "code"
-    # 2: assert-style tests must run to the end (an early exit with status 0 no longer passes).
-    version: ClassVar[int] = 2
+    # 3: function-call tests run in a trusted harness process, apart from the program; per-run
+    # cgroup limits; details keep built-in exception names only.
+    version: ClassVar[int] = 3
+    # One sample with the default config: the stdin/stdout budget (or one function-test run),
+    # plus sandbox start-up and clean-up.
+    max_seconds: ClassVar[float] = DEFAULT_TOTAL_TIMEOUT_S + DEFAULT_TIMEOUT_S + 5.0
 
     def check(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         tests = gold.tests
         if not tests:
             return Outcome(Status.SKIPPED, 0.0, {"reason": "no_tests"})
         _, answer = split_reasoning(candidate)
-        program = extract_program(answer)
+        program = extract_code(answer)
         if not program.strip():
             return Outcome(Status.FAIL, 0.0, {"reason": "no_code"})
-        timeout_s = float(config.get("timeout_s", 10.0))
+        timeout_s = float(config.get("timeout_s", DEFAULT_TIMEOUT_S))
         limits = SandboxLimits(
             wall_s=timeout_s,
             cpu_s=max(1, math.ceil(float(config.get("cpu_s", timeout_s)))),
@@ -150,16 +124,30 @@ class CodeVerifier(GuardedVerifier):
         )
         try:
             if isinstance(tests, dict) and ("test" in tests or "test_list" in tests):
-                results = [self._run_assert(program, tests, limits)]
+                spec = FunctionTests.from_gold(
+                    tests, challenge=bool(config.get("challenge_tests", True))
+                )
+                run = run_function_tests(
+                    program,
+                    spec,
+                    limits,
+                    float_tol=float(config.get("float_tol", 1e-6)),
+                    fail_fast=bool(config.get("fail_fast", True)),
+                )
+                results, total = run.results, spec.total
             elif isinstance(tests, list):
-                results = self._run_io(program, tests, limits, config)
+                results, total = self._run_io(program, tests, limits, config), len(tests)
             else:
                 return Outcome(Status.ERROR, 0.0, {"reason": "unsupported_tests"})
-        except SandboxUnavailable as exc:
+        except (SandboxUnavailable, SandboxFailure) as exc:
             return Outcome(
-                Status.ERROR, 0.0, {"error": "SandboxUnavailable", "message": str(exc)[:500]}
+                Status.ERROR, 0.0, {"error": type(exc).__name__, "message": str(exc)[:500]}
             )
-        total = len(results) if not isinstance(tests, list) else len(tests)
+        except (SyntaxError, KeyError, TypeError, ValueError) as exc:
+            # The gold's tests do not parse or have the wrong shape: the prompt's fault.
+            return Outcome(
+                Status.SKIPPED, 0.0, {"reason": "bad_tests", "error": type(exc).__name__}
+            )
         passed = sum(r["result"] == "ok" for r in results)
         failed = next((r for r in results if r["result"] != "ok"), None)
         details: dict[str, Any] = {"tests": results, "passed": passed, "total": total}
@@ -167,18 +155,10 @@ class CodeVerifier(GuardedVerifier):
             return Outcome(Status.PASS, 1.0, details)
         details["first_failure"] = failed["test"] if failed else None
         details["reason"] = failed["result"] if failed else "not_run"
+        if failed is not None and failed["result"] in UNGRADABLE:
+            return Outcome(Status.SKIPPED, 0.0, details)
         # A timeout of the program is a failed sample, not a timeout of the verifier.
         return Outcome(Status.FAIL, passed / total if total else 0.0, details)
-
-    def _run_assert(
-        self, program: str, tests: dict[str, Any], limits: SandboxLimits
-    ) -> dict[str, Any]:
-        nonce = secrets.token_hex(16)
-        res = run_python(harnessed(assert_source(program, tests)), nonce + "\n", limits)
-        reason = _run_reason(res)
-        if reason == "ok" and not ran_to_the_end(res.stdout, nonce):
-            reason = WRONG_ANSWER  # exited 0 without finishing the tests
-        return _entry(0, reason, res)
 
     def _run_io(
         self, program: str, tests: list[Any], limits: SandboxLimits, config: dict[str, Any]
@@ -186,8 +166,13 @@ class CodeVerifier(GuardedVerifier):
         tol = float(config.get("float_tol", 1e-6))
         case = bool(config.get("case_sensitive", True))
         fail_fast = bool(config.get("fail_fast", True))
-        out = []
+        budget = float(config.get("total_timeout_s", DEFAULT_TOTAL_TIMEOUT_S))
+        started = time.monotonic()
+        out: list[dict[str, Any]] = []
         for i, t in enumerate(tests):
+            if time.monotonic() - started > budget:
+                out.append({"test": i, "result": "not_run", "reason": "total_timeout"})
+                break
             res = run_python(program, str(t.get("input", "")), limits)
             reason = str(res.exit_reason)
             if res.exit_reason is ExitReason.OK and not outputs_match(
@@ -204,7 +189,8 @@ def _entry(i: int, reason: str, res: SandboxResult) -> dict[str, Any]:
     entry: dict[str, Any] = {"test": i, "result": reason, "wall_ms": round(res.wall_ms, 1)}
     if reason != "ok":
         entry["returncode"] = res.returncode
-        entry["error"] = _last_line(res.stderr)
+        if reason == str(ExitReason.RUNTIME_ERROR):
+            entry["error"] = _exception_name(res.stderr)
     if not res.sandboxed:
         entry["unsandboxed"] = True
     return entry

@@ -10,6 +10,11 @@ by its prose. Chinese, Japanese and Korean characters count one word each.
 
 Config keys: `language` (ISO 639-1 code such as "en"; default: detected from the prompt),
 `threshold` (0.9), `chunk_words` (8), `min_words` (10: fewer prose words => `skipped`).
+
+Bounded on any upload: math and code spans are cut out by one forward scan (`strip_math`: a
+lazy regex such as `\\\\(.*?\\\\)` rescans the rest of the text from every unclosed opener), and a
+text of more than `MAX_CHUNKS` x `chunk_words` prose words is cut into `MAX_CHUNKS` larger
+chunks, so the detector runs at most `MAX_CHUNKS` times and still reads every word.
 """
 
 from __future__ import annotations
@@ -21,16 +26,52 @@ from typing import Any, ClassVar
 from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, Status
 from scoring.verifiers.text import parse_reasoning
 
-_MATH = re.compile(
-    r"\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)|```.*?```|`[^`]*`|\\[A-Za-z]+", re.S
-)
+MAX_CHUNKS = 4096
+# What `strip_math` removes, in the order it tries them at one position (as the regex
+# `\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)|```.*?```|`[^`]*`|\\[A-Za-z]+` would, DOTALL):
+# an opener and the first closer after it; then a command name.
+_SPANS = (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)"), ("```", "```"), ("`", "`"))
+_SPAN_START = re.compile(r"[$\\`]")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
 _SENTENCE = re.compile(r"(?<=[.!?\u3002\uff01\uff1f\uff1b;])\s*|\n+")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _WORD = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]{{2,}}")
 
 
+def strip_math(text: str) -> str:
+    """The text with each math span, code span and command replaced by a space. Linear: the
+    scan only moves forward, and a closer once not found is never looked for again (a later
+    opener would find none either)."""
+    out: list[str] = []
+    copied = pos = 0
+    exhausted: set[str] = set()
+    while (m := _SPAN_START.search(text, pos)) is not None:
+        start = m.start()
+        end = _span_end(text, start, exhausted)
+        if end is None:
+            pos = start + 1
+            continue
+        out += (text[copied:start], " ")
+        copied = pos = end
+    out.append(text[copied:])
+    return "".join(out)
+
+
+def _span_end(text: str, start: int, exhausted: set[str]) -> int | None:
+    for opener, closer in _SPANS:
+        if closer in exhausted or not text.startswith(opener, start):
+            continue
+        found = text.find(closer, start + len(opener))
+        if found < 0:
+            exhausted.add(closer)
+            continue
+        return found + len(closer)
+    command = _COMMAND.match(text, start)
+    return command.end() if command else None
+
+
 def prose_words(text: str) -> list[str]:
-    return _WORD.findall(_MATH.sub(" ", text))
+    return _WORD.findall(strip_math(text))
 
 
 @lru_cache(maxsize=1)
@@ -48,12 +89,15 @@ def detect(text: str) -> tuple[str, float]:
 
 
 def chunks(text: str, chunk_words: int) -> list[tuple[str, int]]:
-    """Sentences merged until each chunk has at least chunk_words prose words."""
+    """Sentences merged until each chunk has at least chunk_words prose words (more for a text
+    so long that it would otherwise make more than MAX_CHUNKS chunks)."""
+    sentences = [(s, len(_WORD.findall(s))) for s in _SENTENCE.split(strip_math(text))]
+    total = sum(w for _, w in sentences)
+    chunk_words = max(chunk_words, 1, -(-total // MAX_CHUNKS))
     out: list[tuple[str, int]] = []
     buf: list[str] = []
     words = 0
-    for sentence in _SENTENCE.split(_MATH.sub(" ", text)):
-        w = len(_WORD.findall(sentence))
+    for sentence, w in sentences:
         if not w:
             continue
         buf.append(sentence)
@@ -84,7 +128,8 @@ def language_share(
 
 class LanguageVerifier(GuardedVerifier):
     name: ClassVar[str] = "language"
-    version: ClassVar[int] = 1
+    # 2: texts of more than MAX_CHUNKS x chunk_words prose words are judged in larger chunks.
+    version: ClassVar[int] = 2
 
     def check(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         threshold = float(config.get("threshold", 0.9))

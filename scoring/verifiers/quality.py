@@ -7,6 +7,10 @@ ratio means little there). Score: 1 - ratio.
 
 truncation: fails when generation stopped on the length limit (`finish_reason == "length"`) or
 the reasoning block was opened and never closed. No config.
+
+Both are linear in the length of the sample: words are counted once, each n-gram is hashed
+once (a set of ints, not of tuples of strings), and `n` is clamped to 1..`MAX_N` so no config
+makes the n-grams quadratic.
 """
 
 from __future__ import annotations
@@ -18,14 +22,19 @@ from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, St
 from scoring.verifiers.text import parse_reasoning
 
 _WORD = re.compile(r"\w+", re.U)
+MAX_N = 16
 
 
 def repetition_ratio(text: str, n: int) -> tuple[float, int]:
-    words = _WORD.findall(text.casefold())
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
+    n = min(max(n, 1), MAX_N)
+    ids: dict[str, int] = {}
+    words = [ids.setdefault(w, len(ids)) for w in _WORD.findall(text.casefold())]
+    count = len(words) - n + 1
+    if count <= 0:
         return 0.0, 0
-    return 1.0 - len(set(grams)) / len(grams), len(grams)
+    # Each n-gram as one hash of its word ids: zip walks the list once per position in n.
+    distinct = {hash(gram) for gram in zip(*(words[i:] for i in range(n)), strict=False)}
+    return 1.0 - len(distinct) / count, count
 
 
 class RepetitionVerifier(GuardedVerifier):

@@ -7,6 +7,9 @@ block in the prompt (see `text.py`). Leading whitespace and newlines are ignored
 Config keys: `require_reasoning` (True), `min_reasoning_chars` (1), `require_answer` (True),
 `require_answer_tags` (False: the answer must be inside one closed, non-empty
 `<answer>…</answer>`), `require_boxed` (False), `allow_multiple_think` (False).
+
+Every check is linear in the length of the completion (see `text.py`): tags are counted with
+plain substring searches and the box is found by one forward scan.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from typing import Any, ClassVar
 from scoring.verifiers.base import Candidate, Gold, GuardedVerifier, Outcome, Status
 from scoring.verifiers.text import THINK_OPEN, answer_body, last_boxed, parse_reasoning
 
+# Literal tags: one linear scan each.
 _ANSWER_OPEN = re.compile(r"<answer>", re.I)
 _ANSWER_CLOSE = re.compile(r"</answer>", re.I)
 
 
 class FormatVerifier(GuardedVerifier):
     name: ClassVar[str] = "format"
-    version: ClassVar[int] = 1
+    # 2: `require_boxed` reads boxes with `text.find_boxes` (a box nested in an unclosed one
+    # no longer counts as closed).
+    version: ClassVar[int] = 2
 
     def check(self, candidate: Candidate, gold: Gold, config: dict[str, Any]) -> Outcome:
         parts = parse_reasoning(candidate)

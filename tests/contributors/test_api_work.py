@@ -28,6 +28,11 @@ def test_me_answers_with_the_token_owner_and_the_servers_limits(api, settings):
     )
     assert body["limits"]["max_samples_per_upload"] == 64
     assert body["limits"]["max_body_bytes"] == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert body["samples"] == {
+        "total": 0,
+        "awaiting_disclosure": 0,
+        "disclosed": {"received": 0, "scoring": 0, "verified": 0, "rejected": 0, "error": 0},
+    }
 
 
 def test_register_node_then_reregister_keeps_the_id(api, user):
@@ -287,8 +292,20 @@ def test_sample_detail_shows_status_without_gold(api, lease):
     sample_id = response.json()["accepted"][0]["id"]
     detail = api.get(f"/api/v1/samples/{sample_id}/")
     assert detail.status_code == 200
-    assert detail.json()["id"] == sample_id
-    assert detail.json()["status"] in {"received", "scoring", "verified", "rejected", "error"}
+    body = detail.json()
+    assert body["id"] == sample_id
+    # The prompt is open: the gold-free checks, and no word on correctness yet.
+    assert (body["disclosed"], body["status"], body["status_reason"]) == (
+        False,
+        "accepted",
+        "correctness is disclosed when the prompt closes",
+    )
+    assert [v["verifier"] for v in body["verdicts"]] == [
+        "format",
+        "language",
+        "repetition",
+        "truncation",
+    ]
     assert "SECRET-GOLD-42" not in detail.content.decode()
 
 

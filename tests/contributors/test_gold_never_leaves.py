@@ -1,11 +1,15 @@
 """Drive every contributor-facing endpoint and check that no gold answer or hidden test ever
-appears in a response."""
+appears in a response: before scoring, after it, and after the prompts are closed (when the
+verdicts are disclosed, but still never their details). That verdicts are no oracle for the
+gold while a prompt is open is tests/contributors/test_oracle.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from scoring.models import Domain, PromptGold
+from scoring import pipeline
+from scoring.models import Domain, Prompt, PromptGold, Sample
+from scoring.services import close_prompts
 from tests.factories import PromptFactory, PromptSetFactory, sample_payload
 
 pytestmark = pytest.mark.django_db
@@ -49,10 +53,25 @@ def test_no_response_contains_gold(api, node, client):
             format="json",
         )
     ).json()
-    for accepted in upload["accepted"]:
-        record(api.get(f"/api/v1/samples/{accepted['id']}/"))
+    offline = sample_payload(0, prompt=lease["items"][0]["prompt"]["id"])
+    del offline["item"]
+    record(api.post("/api/v1/samples/", {"samples": [offline]}, format="json"))
+
+    def read_everything() -> None:
+        for accepted in upload["accepted"]:
+            record(api.get(f"/api/v1/samples/{accepted['id']}/"))
+        record(api.get("/api/v1/me/"))
+        record(api.get(f"/api/v1/leases/{lease['id']}/"))
+        record(client.get("/api/v1/stats/"))
+
+    read_everything()
+    for pk in Sample.objects.values_list("pk", flat=True):
+        pipeline.score_sample(sample_id=pk)
+    read_everything()
     record(api.delete(f"/api/v1/leases/{lease['id']}/"))
-    record(client.get("/api/v1/stats/"))
+    close_prompts(prompt_ids=Prompt.objects.values_list("pk", flat=True))
+    read_everything()
+    assert any(b'"disclosed":true' in body for body in bodies)
     record(client.get("/api/v1/schema/"))
     record(client.get("/"))
     for body in bodies:

@@ -44,6 +44,11 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def pool_processes(self) -> list[int]:
+        """The pids of the worker's prefork pool processes (the children of its main one)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and prefork children), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
@@ -109,8 +114,14 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(
-        *, queues: str = "verify,sandbox,maintenance", extra_env: dict[str, str] | None = None
+        *,
+        queues: str = "verify,sandbox,maintenance",
+        extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        may_exit: bool = False,
     ) -> WorkerProcess:
+        """`extra_args` go to `celery worker` (e.g. `--include tests.e2e.worker_hooks`);
+        with `may_exit`, a worker that exits at start-up is returned, not an error."""
         log = tmp_path / f"worker-{len(started)}.log"
         env = {
             **os.environ,
@@ -142,6 +153,7 @@ def start_worker(
                     "--without-heartbeat",
                     "--loglevel",
                     "INFO",
+                    *(extra_args or []),
                 ],
                 cwd=ROOT,
                 env=env,
@@ -156,7 +168,7 @@ def start_worker(
             timeout=90,
             what="worker start",
         )
-        if proc.poll() is not None:
+        if proc.poll() is not None and not may_exit:
             raise AssertionError(f"worker exited:\n{worker.output()[-3000:]}")
         return worker
 

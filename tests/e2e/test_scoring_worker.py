@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict
+from scoring.services import close_prompts
 from scoring.tasks import sweep_stuck_samples
 from tests.conftest import client_for
 from tests.e2e.conftest import wait_for
@@ -69,10 +70,18 @@ def test_uploads_are_judged_by_a_real_worker_after_commit(start_worker):
     }
     assert Verdict.objects.get(sample_id=right, verifier="math").status == "pass"
     assert Verdict.objects.get(sample_id=wrong, verifier="math").status == "fail"
-    # The contributor sees the reason, never the gold.
+    # While the prompt is open the contributor learns nothing that depends on the gold ...
     detail = api.get(f"/api/v1/samples/{wrong}/").json()
-    assert detail["status"] == "rejected" and detail["status_reason"] == "math: fail"
-    assert "details" not in detail["verdicts"][0]
+    assert (detail["status"], detail["disclosed"]) == ("accepted", False)
+    assert api.get(f"/api/v1/samples/{right}/").json()["status"] == "accepted"
+    # ... and once it is closed, the reason, never the gold or the details.
+    close_prompts(
+        prompt_ids=list(Sample.objects.filter(pk=wrong).values_list("prompt_id", flat=True))
+    )
+    detail = api.get(f"/api/v1/samples/{wrong}/").json()
+    assert (detail["status"], detail["status_reason"]) == ("rejected", "math: fail")
+    assert detail["disclosed"] is True
+    assert all("details" not in v and "score" not in v for v in detail["verdicts"])
 
 
 def test_killing_the_worker_mid_task_loses_no_sample_and_judges_it_once(start_worker):

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from scoring.models import Prompt, PromptGold, PromptSet
 
@@ -62,6 +63,19 @@ def test_reimporting_the_same_file_changes_nothing(tmp_path):
     again = run_import(path, "--set", "s", "--domain", "math", "--license", "MIT")
     assert again == {"set": "s", "created": 0, "duplicates": 5, "invalid": 0}
     assert Prompt.objects.count() == 5
+
+
+def test_a_copy_of_a_closed_prompt_is_imported_closed(tmp_path):
+    """Its gold may be public already: the copy must never be leased or judged for credit."""
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "What is 2+2?", "answer": "4"}, {"prompt": "What is 3+3?", "answer": "6"}],
+    )
+    run_import(path, "--set", "first", "--domain", "math", "--license", "MIT")
+    Prompt.objects.filter(messages__0__content="What is 2+2?").update(closed_at=timezone.now())
+    run_import(path, "--set", "second", "--domain", "math", "--license", "MIT")
+    copies = Prompt.objects.filter(prompt_set__name="second").order_by("pk")
+    assert [p.closed_at is not None for p in copies] == [True, False]
 
 
 def test_bad_rows_abort_the_whole_import_with_line_numbers(tmp_path):

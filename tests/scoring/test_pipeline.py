@@ -151,7 +151,8 @@ def test_sweeper_finds_samples_stuck_before_a_verdict_and_resets_their_clock(set
     assert pipeline.stuck_sample_ids() == []  # clock reset: the next sweep leaves them alone
     # Back to `received`, so the task the sweeper queues can claim them.
     assert Sample.objects.get(pk=stuck_scoring.pk).status == SampleStatus.RECEIVED
-    assert pipeline.claim(sample_id=stuck_scoring.pk) is True
+    held = pipeline.claim(sample_id=stuck_scoring.pk, claim_key="task-after-sweep")
+    assert held == pipeline.Claim(sample_id=stuck_scoring.pk, key="task-after-sweep", attempt=1)
     assert Sample.objects.get(pk=done.pk).status == SampleStatus.VERIFIED
 
 

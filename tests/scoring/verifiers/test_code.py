@@ -8,7 +8,8 @@ import pytest
 from scoring import sandbox
 from scoring.verifiers import CodeVerifier
 from scoring.verifiers.base import Candidate, Gold, Status
-from scoring.verifiers.code_tests import extract_program, outputs_match
+from scoring.verifiers.code_tests import outputs_match
+from scoring.verifiers.text import extract_code as extract_program
 from tests.scoring.verifiers.helpers import completion
 
 V = CodeVerifier()

@@ -58,3 +58,12 @@ def test_format_min_reasoning_chars_and_optional_reasoning() -> None:
         "empty_reasoning",
     )
     assert run("plain answer", {"require_reasoning": False}) == (Status.PASS, "")
+
+
+def test_format_require_boxed_reads_boxes_linearly() -> None:
+    cfg = {"require_boxed": True}
+    # A box nested in a box that never closes was counted as a closed box before version 2.
+    assert run("<think>r</think>\\boxed{\\boxed{4}", cfg) == (Status.FAIL, "no_boxed_answer")
+    assert run("<think>r</think>\\boxed{\\boxed{4}}", cfg) == (Status.PASS, "")
+    assert run("<think>r</think>" + "\\boxed{" * 60_000, cfg) == (Status.FAIL, "no_boxed_answer")
+    assert V.version == 2

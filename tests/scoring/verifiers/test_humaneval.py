@@ -49,7 +49,9 @@ def _mutate(solution: str) -> str | None:
 
 def _judge(program: str, row: dict[str, Any], timeout_s: float = 10) -> Status:
     c = Candidate(completion=f"<think>solve it</think>\n```python\n{program}\n```")
-    gold = Gold(tests={"test": row["test"], "entry_point": row["entry_point"]})
+    gold = Gold(
+        tests={"test": row["test"], "entry_point": row["entry_point"], "context": row["prompt"]}
+    )
     return V.verify(c, gold, {"timeout_s": timeout_s}).status
 
 

@@ -42,7 +42,8 @@ def judge(answer: str, gold: str | None, **config: Any) -> tuple[Status, dict[st
         (r"\boxed{Evelyn}", r"\text{Evelyn}", Status.PASS),
         (r"\boxed{\text{Bob}}", r"\text{Evelyn}", Status.FAIL),
         (r"So she earns \boxed{18} dollars a day.", "18", Status.PASS),  # box inside text
-        (r"First \boxed{3}, no wait: \boxed{5}", "5", Status.PASS),  # several: last wins
+        # Several boxes are one answer set (rule 2): a correction in the answer part is a hedge.
+        (r"First \boxed{3}, no wait: \boxed{5}", "5", Status.FAIL),
         (r"First \boxed{5}, no wait: \boxed{3}", "5", Status.FAIL),
         ("Final answer: $12$", "12", Status.PASS),  # no box, answer line
         ("The answer is 13.", "12", Status.FAIL),
@@ -156,10 +157,14 @@ _PAIRS = [
 def mv_verdict(gold: str, answer: str) -> bool:
     from scoring.verifiers._math_worker import EXTRACTION, boxed
 
+    # math-verify warns that its own timeout is off; silenced for this call only.
     logging.disable(logging.WARNING)
-    g = parse(boxed(gold), extraction_config=EXTRACTION, parsing_timeout=None)
-    a = parse(boxed(answer), extraction_config=EXTRACTION, parsing_timeout=None)
-    return bool(verify(g, a, timeout_seconds=None))
+    try:
+        g = parse(boxed(gold), extraction_config=EXTRACTION, parsing_timeout=None)
+        a = parse(boxed(answer), extraction_config=EXTRACTION, parsing_timeout=None)
+        return bool(verify(g, a, timeout_seconds=None))
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @pytest.mark.parametrize(("gold", "answer"), _PAIRS)
@@ -174,8 +179,12 @@ def test_fast_path_answers_most_plain_numbers_and_defers_the_rest() -> None:
     assert len(answered) >= 15
     assert fast_compare("1/3", "0.333333") is None  # inside math-verify's rounding: defer
     assert fast_compare("2", "2.0000001") is None
-    assert fast_compare("5", r"5\text{ cm}") is None
-    assert fast_compare("1000", "1,000") is None
+    # Unit groups are dropped before reading (rule 4), so a number with a unit is a number.
+    assert fast_compare("5", r"5\text{ cm}") is Status.PASS
+    assert fast_compare("5", r"5\text{ apples and 3}") is None
+    # Digit groups are one number (rule 3), as math-verify also reads them.
+    assert fast_compare("1000", "1,000") is Status.PASS
+    assert fast_compare("1000", "1, 000") is None  # a comma and a space: a list
 
 
 def test_normalise_is_conservative() -> None:

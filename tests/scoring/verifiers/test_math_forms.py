@@ -4,6 +4,7 @@ as numbers. Each shortcut must give math-verify's verdict, or give none."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from typing import Any
@@ -14,8 +15,12 @@ from math_verify import parse, verify
 from scoring.verifiers import MathVerifier, _math_worker, math_answer
 from scoring.verifiers._math_worker import EXTRACTION, boxed, form
 from scoring.verifiers.base import Gold, Status
-from scoring.verifiers.math_answer import compare_numbers, latex2sympy_number
-from tests.scoring.verifiers.helpers import completion
+from scoring.verifiers.math_answer import (
+    certainly_not_a_number,
+    compare_numbers,
+    latex2sympy_number,
+)
+from tests.scoring.verifiers.helpers import SHARED_DATA, completion
 
 V = MathVerifier()
 
@@ -26,42 +31,53 @@ def judge(answer: str, gold: str) -> tuple[Status, dict[str, Any]]:
 
 
 def mv_verdict(gold: str, answer: str) -> bool:
+    # math-verify warns that its own timeout is off; silenced for this call only.
     logging.disable(logging.WARNING)
-    g = parse(boxed(gold), extraction_config=EXTRACTION, parsing_timeout=None)
-    a = parse(boxed(answer), extraction_config=EXTRACTION, parsing_timeout=None)
-    return bool(g) and bool(verify(g, a, timeout_seconds=None))
+    try:
+        g = parse(boxed(gold), extraction_config=EXTRACTION, parsing_timeout=None)
+        a = parse(boxed(answer), extraction_config=EXTRACTION, parsing_timeout=None)
+        return bool(g) and bool(verify(g, a, timeout_seconds=None))
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 # --- same parse --------------------------------------------------------------------------------
 
+# (gold, answer, the path the verifier takes): units are dropped before anything is compared
+# (math_answer rule 4), so a number with a unit takes the fast path; the forms still agree.
 _SAME = [
-    (r"18", r"18\text{ units}"),  # math-verify drops a trailing \text{…}
-    (r"5.4 \text{ cents}", r"5.4\text{ cents}"),
-    (r"\frac{11+9a}{20}", r"\dfrac{11+9a}{20}"),
-    (r"\left(\frac{3}{5},\frac{8}{3}\right]", r"\left(\dfrac{3}{5},\dfrac{8}{3}\right]"),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)"),
+    (r"18", r"18\text{ units}", "fast"),  # math-verify drops a trailing \text{…}
+    (r"5.4 \text{ cents}", r"5.4\text{ cents}", "fast"),
+    (r"\frac{11+9a}{20}", r"\dfrac{11+9a}{20}", "same_parse"),
+    (
+        r"\left(\frac{3}{5},\frac{8}{3}\right]",
+        r"\left(\dfrac{3}{5},\dfrac{8}{3}\right]",
+        "same_parse",
+    ),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)", "same_parse"),
     (
         r"\begin{pmatrix} -2 \\ -14 \\ -7 \end{pmatrix}",
         r"\begin{pmatrix} -2 \\ -14 \\ -7 \end{pmatrix}",
+        "same_parse",
     ),
-    (r"\text{Evelyn}", r"\text{Evelyn}"),
-    (r"y = 2x + 3", r"y = 2x + 3"),
-    (r"\frac 59", r"\dfrac 59"),
-    (r"864 \mbox{ inches}^2", r"864 \mbox{ inches}^2"),
-    (r"3 \pm 2 \sqrt{2}", r"3 \pm 2 \sqrt{2}"),
-    (r"\$32,\!348", r"\$32,\!348"),
+    (r"\text{Evelyn}", r"\text{Evelyn}", "same_parse"),
+    (r"y = 2x + 3", r"y = 2x + 3", "same_parse"),
+    (r"\frac 59", r"\dfrac 59", "same_parse"),
+    (r"864 \mbox{ inches}^2", r"864 \mbox{ inches}^2", "fast"),
+    (r"3 \pm 2 \sqrt{2}", r"3 \pm 2 \sqrt{2}", "same_parse"),
+    (r"\$32,\!348", r"\$32,\!348", "same_parse"),
 ]
 
 
-@pytest.mark.parametrize(("gold", "answer"), _SAME)
+@pytest.mark.parametrize(("gold", "answer", "path"), _SAME)
 def test_same_parse_passes_without_math_verify_and_math_verify_agrees(
-    gold: str, answer: str
+    gold: str, answer: str, path: str
 ) -> None:
     g, a = form(gold), form(answer)
     assert g is not None and a is not None and g[0] == a[0]
     assert mv_verdict(gold, answer)
     status, details = judge(answer, gold)
-    assert (status, details["path"]) == (Status.PASS, "same_parse")
+    assert (status, details["path"]) == (Status.PASS, path)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +86,8 @@ def test_same_parse_passes_without_math_verify_and_math_verify_agrees(
         ("x+1", "x + 1"),  # spaces survive math-verify's normalisation: not the same parse
         (r"\sqrt{2}", r"\sqrt{3}"),
         (r"(1,2)", r"[1,2]"),
-        (r"\text{Evelyn}", r"\text{Bob}"),
+        # A bare word made of the gold's letters is an answer to math-verify (rule 4).
+        (r"\text{Evelyn}", "Evelyn"),
     ],
 )
 def test_different_forms_are_left_to_math_verify(gold: str, answer: str) -> None:
@@ -138,7 +155,7 @@ def test_latex2sympy_numbers() -> None:
         ("20", r"120^\circ", Status.FAIL),
         ("120", r"120^\circ", Status.PASS),
         (r"90^\circ", r"75^\circ", Status.FAIL),
-        ("58500", "58,500", Status.PASS),
+        ("58500", r"\$58,500", Status.PASS),  # `58,500` alone is read here already (rule 3)
         ("27", "204_5", Status.FAIL),
     ],
 )
@@ -186,3 +203,29 @@ def test_numbers_agree_with_math_verify_on_many_forms() -> None:
         checked += 1
         assert (verdict is Status.PASS) == mv_verdict(gold, answer), (gold, answer)
     assert checked > 200
+
+
+# --- shapes that can never equal a plain number ------------------------------------------------
+
+
+def test_shape_shortcut_agrees_with_math_verify_on_math500_golds() -> None:
+    rows = (SHARED_DATA / "benchmarks" / "math500.jsonl").read_text().splitlines()
+    golds = [json.loads(row)["answer"] for row in rows]
+    shaped = []
+    for gold in golds:
+        f = form(math_answer.read_value(gold).raw)
+        if f is not None and f[1] is not None and certainly_not_a_number(f[1]):
+            shaped.append(gold)
+    assert len(shaped) > 30  # intervals, tuples, polynomials, words: a good share of MATH
+    for gold in shaped:
+        for number in ("0", "1", "-2", "3.5", r"\frac{1}{2}"):
+            assert not mv_verdict(gold, number), (gold, number)
+            status, details = judge(number, gold)
+            assert status is Status.FAIL, (gold, number, details)
+
+
+def test_shapes() -> None:
+    for value in ("(2,4)", r"[1,2) \cup (3,4]", r"\{1,2\}", "3R^2", "p - q", r"\text{even}"):
+        assert certainly_not_a_number(value), value
+    for value in (r"\{5\}", "(1,2)+(3,4)", "6+9i", "e^2", r"\text{(E)}", r"\sqrt{2}", "2ab"):
+        assert not certainly_not_a_number(value), value

@@ -2,11 +2,17 @@ from __future__ import annotations
 
 from scoring.verifiers.base import Candidate
 from scoring.verifiers.text import (
+    Extracted,
+    answer_body,
     answer_line,
+    extract_answers,
     final_answer,
+    find_boxes,
     last_boxed,
     parse_reasoning,
     split_reasoning,
+    strip_wrappers,
+    unwrap_box,
 )
 
 
@@ -68,3 +74,46 @@ def test_final_answer_prefers_box_and_answer_tags() -> None:
     assert final_answer("Final answer: 3, i.e. \\boxed{4}") == ("4", "boxed")
     assert final_answer("<answer>\\boxed{9}</answer> \\boxed{1}") == ("9", "boxed")
     assert final_answer("no answer") == (None, "none")
+
+
+def test_answer_line_is_the_last_answer_word_to_the_end_of_its_sentence() -> None:
+    retracted = "The answer is 42. Wait, I answered too fast: the answer is 17."
+    assert answer_line(retracted) == "17"
+    assert answer_line("I answered 42.") is None  # "answered" is not the word
+    assert answer_line("The answer is 3.5. Done.") == "3.5"  # a decimal point is no end
+    assert answer_line("The answer is 3.5") == "3.5"
+    assert answer_line("Final answer: 12\nbecause of the above") == "12"
+    assert answer_line("**Final Answer**\n\n$42$") == "42"
+    assert answer_line("The answer was 7 or 8.") == "7 or 8"
+    assert answer_line("The answer is 5. Let me check the answer.") is None  # the last is empty
+    assert answer_line("<answer>5</answer>") is None  # a tag is not the word
+    assert answer_line("answer " * 1000) is None
+
+
+def test_find_boxes_in_order_with_limits() -> None:
+    assert find_boxes(r"\boxed{1} and \fbox{2} then \boxed 3.").contents == ("1", "2", "3")
+    assert find_boxes(r"\boxed{a{b}c} \boxed{\{1\}}").contents == ("a{b}c", r"\{1\}")
+    assert find_boxes(r"\boxed{\boxed{5}}").contents == (r"\boxed{5}",)  # one outer box
+    assert find_boxes(r"\boxed{1}\boxed{2}\boxed{3}", limit=1).contents == ("1", "2")
+    cut = find_boxes(r"\boxed{1} \boxed{2")
+    assert (cut.contents, cut.cut) == (("1",), True)
+    assert find_boxes("\\boxed$ \\boxed\n5").contents == ()  # no token after either
+    assert unwrap_box(r"\boxed{ \boxed{5} }") == "5"
+    assert unwrap_box(r"\boxed{5}+\boxed{6}") == r"\boxed{5}+\boxed{6}"
+
+
+def test_extract_answers() -> None:
+    assert extract_answers(r"\boxed{7} or \boxed{5}") == Extracted(("7", "5"), "boxed")
+    assert extract_answers("So the answer is 5.") == Extracted(("5",), "line")
+    assert extract_answers("nothing") == Extracted((), "none")
+    assert extract_answers(r"\boxed{1}" * 17).problem == "too_many_boxes"
+    assert extract_answers(r"\boxed{1} \boxed{2").problem == "unclosed_box"
+    assert extract_answers(r"<answer>\boxed{9}</answer> \boxed{1}").answers == ("9",)
+
+
+def test_answer_body_and_wrappers() -> None:
+    assert answer_body("<answer>a</answer> x <answer>b</answer>") == "b"
+    assert answer_body("<answer>a<answer>b</answer>") == "a<answer>b"
+    assert answer_body("<answer>never closed") == "<answer>never closed"
+    assert strip_wrappers("**$\\frac{1}{2}$**.") == "\\frac{1}{2}"
+    assert strip_wrappers("5...") == "5..."
