@@ -232,8 +232,17 @@ def _remove_orphans(support: Support) -> None:
                     pass
                 except (PermissionError, ValueError):
                     continue
-                with contextlib.suppress(OSError):
-                    entry.rmdir()
+                # Processes of a run whose worker died while bwrap was still setting up can
+                # outlive it (blocked, before the program ever ran): kill, then remove.
+                RunGroup(support, {"pids": entry, "memory": entry}).kill()
+                for _ in range(50):
+                    try:
+                        entry.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.01)
 
 
 def _self_test(support: Support) -> Support:

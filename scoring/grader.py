@@ -96,31 +96,43 @@ class FunctionTests:
         return 1 if self.kind == "check" else len(self.tests)
 
 
-class _StrictAsserts(ast.NodeTransformer):
-    """`assert a == b` -> `assert __tp_eq__(a, b)` (the harness's type-strict comparison);
-    `!=` likewise. Other comparisons stay as written."""
+class _RecordingAsserts(ast.NodeTransformer):
+    """`assert cond, msg` -> `__tp_check__(lambda: cond)`.
 
-    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+    Every assert of a test is evaluated, whether or not the ones before it held, and a failed
+    one raises nothing: the calls the program receives never depend on whether its earlier
+    answers were right, so a run cannot tell the program (nor, through some side channel, a
+    sibling run) which answer passed. The message is dropped (HumanEval's messages call the
+    program again, on failure only). `a == b` / `a != b` become the harness's type-strict
+    `__tp_eq__`."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Expr:
         test = node.test
         if (
             isinstance(test, ast.Compare)
             and len(test.ops) == 1
             and isinstance(test.ops[0], ast.Eq | ast.NotEq)
         ):
-            call = ast.Call(
+            equal = ast.Call(
                 func=ast.Name(id="__tp_eq__", ctx=ast.Load()),
                 args=[test.left, test.comparators[0]],
                 keywords=[],
             )
-            node.test = call if isinstance(test.ops[0], ast.Eq) else ast.UnaryOp(ast.Not(), call)
-            ast.fix_missing_locations(node)
-        return node
+            test = equal if isinstance(test.ops[0], ast.Eq) else ast.UnaryOp(ast.Not(), equal)
+        thunk = ast.Lambda(
+            args=ast.arguments(
+                posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], defaults=[]
+            ),
+            body=test,
+        )
+        call = ast.Call(func=ast.Name(id="__tp_check__", ctx=ast.Load()), args=[thunk], keywords=[])
+        return ast.fix_missing_locations(ast.copy_location(ast.Expr(call), node))
 
 
-def strict_asserts(source: str) -> str:
-    """The tests with their equality asserts made type-strict. Done here, not in the harness,
-    so the harness need not import `ast` (a tenth of its start-up)."""
-    return ast.unparse(_StrictAsserts().visit(ast.parse(source)))
+def recording_asserts(source: str) -> str:
+    """The tests with every assert recorded rather than raised (see _RecordingAsserts). Done
+    here, not in the harness, so the harness need not import `ast` (a tenth of its start-up)."""
+    return ast.unparse(_RecordingAsserts().visit(ast.parse(source)))
 
 
 def assigned_names(source: str) -> list[str]:
@@ -191,7 +203,6 @@ def run_function_tests(
     limits: SandboxLimits,
     *,
     float_tol: float = 1e-6,
-    fail_fast: bool = True,
 ) -> GradedRun:
     """Runs `spec` against `program`. Raises SandboxUnavailable / SandboxFailure when no
     verdict can be drawn (the sandbox or the harness itself failed)."""
@@ -200,14 +211,13 @@ def run_function_tests(
     ends = [request_r, request_w, response_r, response_w]
     harness_spec = {
         "kind": spec.kind,
-        "tests": [strict_asserts(t) for t in spec.tests],
+        "tests": [recording_asserts(t) for t in spec.tests],
         "setup_names": assigned_names(spec.setup) if spec.setup else [],
         "entry_point": spec.entry_points[0] if spec.entry_points else "",
         "entry_points": spec.entry_points,
         "prelude": spec.prelude,
         "setup": spec.setup,
         "float_tol": float_tol,
-        "fail_fast": fail_fast,
     }
     harness = Launch(
         files={
@@ -274,8 +284,10 @@ def _results(
         if harness.exit_reason is not ExitReason.TIMEOUT:
             # The trusted side died on its own: no verdict can be drawn from this run.
             raise SandboxFailure(
-                f"test harness ended without a report ({harness.exit_reason}, "
-                f"{harness.stderr.strip()[-300:]!r})"
+                f"test harness ended without a report ({harness.exit_reason}, returncode "
+                f"{harness.returncode}, {harness.wall_ms:.0f} ms, "
+                f"stdout {harness.stdout[-200:]!r}, stderr {harness.stderr.strip()[-300:]!r}; "
+                f"program: {candidate.exit_reason})"
             )
         entries.append({"test": len(entries), "result": "timeout"})
     out = []

@@ -174,9 +174,9 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def receive(fd: int) -> dict[str, Any]:
+def receive(fd: int, max_size: int = MAX_FRAME) -> dict[str, Any]:
     (size,) = struct.unpack(">I", _read_exactly(fd, 4))
-    if size > MAX_FRAME:
+    if size > max_size:
         raise BadFrame("frame too large")
     try:
         message = json.loads(_read_exactly(fd, size).decode("utf-8", "surrogatepass"))

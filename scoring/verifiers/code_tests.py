@@ -4,8 +4,9 @@ The program is the last ```python fenced block of the answer part (else the last
 of any language tag, else the whole answer). Gold tests come in three shapes:
 
 * stdin/stdout: `[{"input": "...", "output": "..."}, ...]`, one sandbox run per test; this
-  (trusted) process compares the output: the whitespace-separated tokens are equal, numbers
-  within `float_tol` (relative or absolute);
+  (trusted) process compares the output: the whitespace-separated tokens are equal; two integers
+  only exactly, two decimal numbers within `float_tol` (relative or absolute); no `inf`, `nan`
+  or `1_000` unless the expected token is written so;
 * HumanEval: `{"test": "<source defining check(candidate)>", "entry_point": "f",
   "context"?: "<the prompt's code: helpers the tests may call>"}`;
 * MBPP: `{"test_list": ["assert f(1) == 2", ...], "test_imports"?: [...],
@@ -16,17 +17,22 @@ them in a sandbox of its own and calls the program, in another sandbox, with pla
 (`scoring.grader`). The program cannot see the tests, the expected values or the harness, and
 cannot decide its own verdict: there is no nonce to find and no exit status to fake.
 
+Every test runs, whether or not the ones before it passed: the program cannot learn from which
+tests run (or which calls it gets) whether an earlier answer was right, and so cannot pass that
+on to a sibling run through a side channel.
+
 Per-test results go into `details["tests"]` with the result (ok / wrong_answer / runtime_error /
 timeout / memory / output_limit / cannot_cross / not_run) and, for errors, the name of a built-in
 exception only. Details never carry test inputs, expected outputs, test source, or anything the
-program printed (it could print the inputs it was called with).
+program chose (what it printed, its exit status, how long it slept: each could encode the inputs
+it was given).
 
 A test that cannot be graded across the process boundary (`cannot_cross`) or whose own code is
 broken (`test_error`) makes the verdict `skipped`: the sample is never verified on it.
 
 Config keys: `timeout_s` (wall per run, default 10), `cpu_s` (CPU seconds of a run, default:
 timeout_s), `memory_mb` (512, the whole run), `max_output_bytes` (1 MiB), `float_tol` (1e-6),
-`case_sensitive` (True), `fail_fast` (True: stop at the first failing test), `challenge_tests`
+`case_sensitive` (True), `challenge_tests`
 (True: MBPP's challenge_test_list counts too), `total_timeout_s` (60: wall budget of one sample
 across all its stdin/stdout runs; tests past it are `not_run` and the sample fails).
 """
@@ -58,28 +64,33 @@ DEFAULT_TOTAL_TIMEOUT_S = 60.0
 UNGRADABLE = frozenset({"cannot_cross", "test_error"})
 
 
-def _is_number(tok: str) -> float | None:
-    try:
-        return float(tok)
-    except ValueError:
-        return None
+_INTEGER = re.compile(r"[+-]?\d+\Z")
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+
+
+def _tokens_match(got: str, expected: str, float_tol: float, case_sensitive: bool) -> bool:
+    if got == expected or (not case_sensitive and got.lower() == expected.lower()):
+        return True
+    # Integers only exactly: 1000000000 is not 1000000007, whatever the tolerance.
+    if _INTEGER.match(got) and _INTEGER.match(expected):
+        return int(got) == int(expected)
+    # Decimals within the tolerance; never `inf`, `nan` or `1_000` (float() takes them all),
+    # and never a number too large for a float.
+    if not (_DECIMAL.match(got) and _DECIMAL.match(expected)):
+        return False
+    a, b = float(got), float(expected)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return math.isclose(a, b, rel_tol=float_tol, abs_tol=float_tol)
 
 
 def outputs_match(
     got: str, expected: str, float_tol: float = 1e-6, case_sensitive: bool = True
 ) -> bool:
     g, e = got.split(), expected.split()
-    if len(g) != len(e):
-        return False
-    for a, b in zip(g, e, strict=True):
-        if a == b or (not case_sensitive and a.lower() == b.lower()):
-            continue
-        fa, fb = _is_number(a), _is_number(b)
-        if fa is None or fb is None:
-            return False
-        if not math.isclose(fa, fb, rel_tol=float_tol, abs_tol=float_tol):
-            return False
-    return True
+    return len(g) == len(e) and all(
+        _tokens_match(a, b, float_tol, case_sensitive) for a, b in zip(g, e, strict=True)
+    )
 
 
 _EXCEPTION_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,60})(?::|$)")
@@ -132,7 +143,6 @@ class CodeVerifier(GuardedVerifier):
                     spec,
                     limits,
                     float_tol=float(config.get("float_tol", 1e-6)),
-                    fail_fast=bool(config.get("fail_fast", True)),
                 )
                 results, total = run.results, spec.total
             elif isinstance(tests, list):
@@ -165,7 +175,6 @@ class CodeVerifier(GuardedVerifier):
     ) -> list[dict[str, Any]]:
         tol = float(config.get("float_tol", 1e-6))
         case = bool(config.get("case_sensitive", True))
-        fail_fast = bool(config.get("fail_fast", True))
         budget = float(config.get("total_timeout_s", DEFAULT_TOTAL_TIMEOUT_S))
         started = time.monotonic()
         out: list[dict[str, Any]] = []
@@ -180,17 +189,13 @@ class CodeVerifier(GuardedVerifier):
             ):
                 reason = WRONG_ANSWER
             out.append(_entry(i, reason, res))
-            if fail_fast and reason != "ok":
-                break
         return out
 
 
 def _entry(i: int, reason: str, res: SandboxResult) -> dict[str, Any]:
-    entry: dict[str, Any] = {"test": i, "result": reason, "wall_ms": round(res.wall_ms, 1)}
-    if reason != "ok":
-        entry["returncode"] = res.returncode
-        if reason == str(ExitReason.RUNTIME_ERROR):
-            entry["error"] = _exception_name(res.stderr)
+    entry: dict[str, Any] = {"test": i, "result": reason}
+    if reason == str(ExitReason.RUNTIME_ERROR):
+        entry["error"] = _exception_name(res.stderr)
     if not res.sandboxed:
         entry["unsandboxed"] = True
     return entry

@@ -221,9 +221,8 @@ import gc, os, sys
 def triple(x):
     seen = [repr(sys.argv), repr(os.listdir('/sandbox'))]
     seen += [repr(v) for v in sys._getframe(1).f_globals.values()]
-    seen += [repr(o)[:200] for o in gc.get_objects() if isinstance(o, (str, int, dict))]
+    seen += [repr(o)[:200] for o in gc.get_objects() if isinstance(o, (str, dict))]
     blob = ' '.join(seen)
-    print(blob[:200000])
     if '94011' in blob or 'assert' in blob:
         return 'LEAK'
     return x * 3
@@ -389,3 +388,99 @@ def test_the_harness_spec_reaches_only_the_harness() -> None:
     run = grader.run_function_tests(program, spec, SandboxLimits(wall_s=10))
     assert run.results == [{"test": 0, "result": "wrong_answer"}]
     assert run.candidate.stdout == "['candidate.py', 'program.py', 'wire.py']\n"
+
+
+def _calls_seen(program: str, spec: grader.FunctionTests) -> tuple[list[dict[str, Any]], str]:
+    run = grader.run_function_tests(program, spec, SandboxLimits(wall_s=10))
+    return run.results, run.candidate.stdout
+
+
+def test_the_calls_a_program_gets_never_depend_on_whether_it_was_right() -> None:
+    """If a failed assert stopped the tests, the next call (or its absence) would tell the
+    program its last answer was wrong, and colluding runs could share that bit and search the
+    answers out. Every assert is evaluated, and messages (which call again on failure) are not."""
+    spec = grader.FunctionTests.from_gold(
+        {
+            "test": (
+                "def check(candidate):\n"
+                "    assert candidate(1) == 10, f'got {candidate(1)}'\n"
+                "    assert candidate(2) == 20\n"
+                "    for x in (3, 4):\n"
+                "        assert candidate(x) == 10 * x, candidate(x)\n"
+            ),
+            "entry_point": "f",
+        }
+    )
+    spy = "def f(x):\n    print('call', x, flush=True)\n    return {answer}\n"
+    right, right_calls = _calls_seen(spy.format(answer="10 * x"), spec)
+    wrong, wrong_calls = _calls_seen(spy.format(answer="x"), spec)
+    assert right == [{"test": 0, "result": "ok"}]
+    assert wrong == [{"test": 0, "result": "wrong_answer"}]
+    assert right_calls == wrong_calls == "call 1\ncall 2\ncall 3\ncall 4\n"
+    mbpp = grader.FunctionTests.from_gold(
+        {"test_list": [f"assert f({i}) == {10 * i}" for i in range(1, 4)], "entry_points": ["f"]}
+    )
+    right, right_calls = _calls_seen(spy.format(answer="10 * x"), mbpp)
+    wrong, wrong_calls = _calls_seen(spy.format(answer="x"), mbpp)
+    assert [r["result"] for r in right] == ["ok"] * 3
+    assert [r["result"] for r in wrong] == ["wrong_answer"] * 3
+    assert right_calls == wrong_calls == "call 1\ncall 2\ncall 3\n"
+
+
+def test_every_stdin_stdout_test_runs_after_a_failure() -> None:
+    tests = [{"input": f"{i}\n", "output": f"{2 * i}\n"} for i in range(3)]
+    status, details = judge("n = int(input())\nprint(n if n == 1 else 2 * n)\n", Gold(tests=tests))
+    assert status is Status.FAIL
+    assert [t["result"] for t in details["tests"]] == ["ok", "wrong_answer", "ok"]
+    # Nothing the program chose (exit status, timing) is kept.
+    assert all(set(t) <= {"test", "result", "error"} for t in details["tests"])
+
+
+@pytest.mark.parametrize(
+    ("returned", "expected"),
+    [
+        ("115975.104", "115975"),  # an int only exactly, whatever the float tolerance
+        ("123456700.0", "123456789"),
+        ("complex(123456789, 5)", "123456789"),
+        ("{True: 2}", "{1: 2}"),
+        ("{1.0: 2}", "{1: 2}"),
+        ("{1, 2.0}", "{1, 2}"),
+        ("[1, True]", "[1, 1]"),
+        ("1", "True"),
+    ],
+)
+def test_type_strict_equality_refuses_near_misses(returned: str, expected: str) -> None:
+    tests = {"test_list": [f"assert f() == {expected}"], "entry_points": ["f"]}
+    status, details = judge(f"def f():\n    return {returned}\n", Gold(tests=tests))
+    assert (status, details["tests"][0]["result"]) == (Status.FAIL, "wrong_answer")
+
+
+@pytest.mark.parametrize(
+    ("returned", "expected"),
+    [
+        ("0.1 + 0.2", "0.3"),
+        ("2.0", "2"),
+        ("complex(2, 0)", "2"),
+        ("{'a': 0.30000001}", "{'a': 0.3}"),
+    ],
+)
+def test_type_strict_equality_keeps_what_python_and_the_tolerance_allow(
+    returned: str, expected: str
+) -> None:
+    tests = {"test_list": [f"assert f() == {expected}"], "entry_points": ["f"]}
+    assert judge(f"def f():\n    return {returned}\n", Gold(tests=tests))[0] is Status.PASS
+
+
+def test_a_huge_first_frame_is_a_failed_program_not_a_harness_error() -> None:
+    """A program that floods the harness before its first answer must fail, not turn its
+    verdict into a (retried) `error`."""
+    bomb = (
+        "import os, struct\n"
+        "payload = b'{\"load\":\"ok\",\"x\":[' + b'[[]],' * 3_000_000 + b'[]]}'\n"
+        "os.write(int(__import__('sys').argv[2]), struct.pack('>I', len(payload)) + payload)\n"
+        "def f(x):\n    return x\n"
+    )
+    tests = {"test_list": ["assert f(1) == 1"], "entry_points": ["f"]}
+    status, details = judge(bomb, Gold(tests=tests))
+    assert status is Status.FAIL
+    assert details["tests"][0]["result"] == "runtime_error"

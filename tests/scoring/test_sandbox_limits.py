@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -335,3 +336,40 @@ def test_run_group_writes_v2_limits_and_reads_its_counters(tmp_path: Path) -> No
     assert group.oom_killed() is True
     assert group.cpu_seconds() == 2.5
     assert group.procs_files() == [os.fsencode(path / "cgroup.procs")]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["/bin/true"])
+    proc.wait()
+    return proc.pid
+
+
+@requires_sandbox
+def test_groups_and_folders_of_a_dead_worker_are_cleaned_at_start_up() -> None:
+    """A worker killed while bwrap was setting up leaves processes blocked in their run's
+    cgroup, and its run folder (hidden tests) in /tmp: the next worker removes both."""
+    support = cgroups.prepare()
+    dead = _dead_pid()
+    dirs = {}
+    for controller, parent in support.parents.items():
+        path = parent / f"tp-run-{dead}-1-1"
+        path.mkdir()
+        dirs[controller] = path
+    orphan = subprocess.Popen(
+        ["/bin/sleep", "60"],
+        preexec_fn=lambda: cgroups.join(cgroups.RunGroup(support, dirs).procs_files()),
+    )
+    stale = Path(tempfile.gettempdir()) / f"{sandbox.WORKDIR_PREFIX}{dead}-abc"
+    stale.mkdir()
+    (stale / "spec.json").write_text("{}")
+    live = Path(tempfile.mkdtemp(prefix=f"{sandbox.WORKDIR_PREFIX}{os.getpid()}-"))
+    try:
+        cgroups._remove_orphans(support)
+        assert orphan.wait(timeout=10) == -9
+        assert all(not path.exists() for path in dirs.values())
+        assert sandbox.remove_stale_workdirs() >= 1
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        orphan.kill()
+        live.rmdir()
