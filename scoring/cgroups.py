@@ -288,8 +288,6 @@ class RunGroup:
     def create(
         cls, support: Support, *, memory_bytes: int, pids: int, cpus: float | None
     ) -> RunGroup:
-        if _pending:
-            sweep()
         name = _next_name()
         dirs: dict[str, Path] = {}
         group = cls(support, dirs)
@@ -438,11 +436,35 @@ class RunGroup:
         if left:
             with _pending_lock:
                 _pending.append((self, time.monotonic()))
+            _sweeper_wake.set()
         return not left
 
 
 _pending: list[tuple[RunGroup, float]] = []
 _pending_lock = threading.Lock()
+
+
+_sweeper_wake = threading.Event()
+_sweeper_pid = 0
+
+
+def _sweeper() -> None:
+    while True:
+        _sweeper_wake.wait()
+        _sweeper_wake.clear()
+        while sweep():
+            time.sleep(0.02)
+
+
+def start_sweeper() -> None:
+    """Removes busy groups in the background, off every run's clock (once per process: a
+    Celery child after fork starts its own)."""
+    global _sweeper_pid
+    with _pending_lock:
+        if _sweeper_pid == os.getpid():
+            return
+        _sweeper_pid = os.getpid()
+    threading.Thread(target=_sweeper, name="cgroup-sweeper", daemon=True).start()
 
 
 def sweep(max_age_s: float = 5.0) -> int:

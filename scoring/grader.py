@@ -46,6 +46,8 @@ from scoring.sandbox import (
 )
 
 SCRIPTS = Path(__file__).with_name("sandbox_scripts")
+# The harness's last report line: the run is over when it appears.
+DONE_LINE = b'{"done":true}\n'
 # The harness holds the tests and decodes what the program sends (frames up to 16 MiB).
 HARNESS_MEMORY = 512 * MIB
 
@@ -226,6 +228,7 @@ def run_function_tests(
             "spec.json": json.dumps(harness_spec).encode(),
         },
         script="harness.py",
+        done_marker=DONE_LINE,
         args=(str(request_w), str(response_r)),
         fds=(request_w, response_r),
         # -S: the harness needs nothing from site; it starts faster without it.

@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,9 @@ class Launch:
     stdin: bytes = b""
     fds: Sequence[int] = ()
     python_flags: Sequence[str] = ("-I", "-B")
+    # A line after which the process has nothing more to say (the primary of a run): the run
+    # ends when it appears on stdout, without waiting for the interpreter to shut down.
+    done_marker: bytes | None = None
     limits: SandboxLimits | None = None
 
 
@@ -390,6 +394,15 @@ class _Proc:
 
 
 _stale_swept: dict[int, bool] = {}
+_spawners: dict[int, ThreadPoolExecutor] = {}
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """This process's spawning threads (a Celery child after fork makes its own)."""
+    pid = os.getpid()
+    if pid not in _spawners:
+        _spawners[pid] = ThreadPoolExecutor(4, thread_name_prefix="sandbox-spawn")
+    return _spawners[pid]
 
 
 def _available(unsafe: bool) -> tuple[str | None, cgroups.Support | None]:
@@ -562,6 +575,10 @@ def _drive(procs: list[_Proc], primary: int | None, wall_s: float) -> None:
                 if total + len(chunk) > cap:
                     p.kill("output_limit")
                     _forget(p, sel, owners)
+                elif p is first and kind == "out" and _said_done(p, len(chunk)):
+                    for other in procs:
+                        other.kill("done" if other is p else "killed")
+                    return
             for p in cpu_watch:
                 used = p.group.cpu_seconds() if p.group is not None else None
                 if used is not None and used > p.limits.cpu_s and p.popen.poll() is None:
@@ -576,6 +593,13 @@ def _drive(procs: list[_Proc], primary: int | None, wall_s: float) -> None:
             if p.popen.stdin and not p.popen.stdin.closed:
                 with contextlib.suppress(BrokenPipeError):
                     p.popen.stdin.close()
+
+
+def _said_done(p: _Proc, new: int) -> bool:
+    marker = p.launch.done_marker
+    if not marker:
+        return False
+    return p.out.find(marker, max(0, len(p.out) - new - len(marker))) != -1
 
 
 def _feed(p: _Proc, sel: selectors.BaseSelector) -> None:
@@ -691,6 +715,8 @@ def _classify(
         return ExitReason.TIMEOUT, sig
     if ended == "killed":
         return ExitReason.KILLED, sig
+    if ended == "done":
+        return ExitReason.OK, None  # it said all it had to say, then we ended it
     if sig in (signal.SIGXCPU, signal.SIGKILL):
         # A SIGKILL we did not send comes from the CPU hard limit.
         return ExitReason.TIMEOUT, sig
@@ -724,8 +750,21 @@ def run_many(
     bwrap, support = _available(unsafe)
     procs: list[_Proc] = []
     try:
-        for launch in launches:
-            procs.append(_spawn(launch, bwrap, support, unsafe))
+        if support is not None:
+            cgroups.start_sweeper()
+        if len(launches) == 1:
+            procs.append(_spawn(launches[0], bwrap, support, unsafe))
+        else:
+            # Side by side: each spawn waits a few milliseconds for bwrap's exec. (Safe with
+            # preexec_fn: the child runs only system calls, and takes no lock another thread
+            # may hold. The threads live as long as the process: PDEATHSIG fires when the
+            # thread that forked exits, not only the process.)
+            pool = _spawner()
+            futures = [pool.submit(_spawn, one, bwrap, support, unsafe) for one in launches]
+            procs.extend(f.result() for f in futures if f.exception() is None)
+            failed = [exc for f in futures if (exc := f.exception()) is not None]
+            if failed:
+                raise failed[0]  # the processes that did start are killed below
         if after_spawn is not None:
             after_spawn()
         _drive(procs, primary, wall_s)

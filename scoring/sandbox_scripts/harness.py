@@ -26,7 +26,6 @@ Report on stdout, one JSON line per test: {"test": i, "result": "ok" | "wrong_an
 
 import builtins
 import cmath
-import json
 import math
 import os
 import sys
@@ -37,7 +36,7 @@ import wire
 
 REQUEST_FD, RESPONSE_FD = int(sys.argv[1]), int(sys.argv[2])
 with open("/sandbox/spec.json", encoding="utf-8") as _f:
-    SPEC = json.load(_f)
+    SPEC = wire.loads(_f.read())
 FLOAT_TOL = float(SPEC.get("float_tol", 1e-6))
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 _NUMBERS = (int, float, complex)
@@ -218,7 +217,7 @@ def _result(test, exc):
 
 
 def _report(entry):
-    sys.stdout.write(json.dumps(entry) + "\n")
+    sys.stdout.write(wire.dumps(entry) + "\n")
     sys.stdout.flush()
 
 
