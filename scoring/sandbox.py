@@ -53,6 +53,7 @@ import logging
 import os
 import resource
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -331,6 +332,48 @@ def _in_child(
     _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+# The same four steps without a Python preexec_fn: a preexec_fn makes subprocess fork the whole
+# worker (6 ms for a 90 MB process, twice per graded run) where it could vfork (under 1 ms).
+# A shell joins the cgroups, util-linux's prlimit sets the rlimits, setpriv drops root and sets
+# PDEATHSIG after the uid change; each execs the next, in one process.
+_SH, _PRLIMIT, _SETPRIV = "/bin/sh", shutil.which("prlimit"), shutil.which("setpriv")
+
+
+def _launcher(
+    limits: SandboxLimits, procs_files: list[bytes], drop_to: tuple[int, int] | None
+) -> list[str] | None:
+    """argv to put before bwrap's, doing what `_in_child` does; None without the tools."""
+    if _PRLIMIT is None or _SETPRIV is None:
+        return None
+    join = "".join(f"echo $$ > {shlex.quote(os.fsdecode(f))} && " for f in procs_files)
+    cpu = max(1, int(limits.cpu_s))
+    rlimits = [
+        f"--cpu={cpu}:{cpu}",
+        f"--as={limits.memory_bytes}:{limits.memory_bytes}",
+        f"--fsize={limits.fsize_bytes}:{limits.fsize_bytes}",
+        f"--nofile={limits.nofile}:{limits.nofile}",
+        "--core=0:0",
+    ]
+    if not procs_files:
+        rlimits.append(f"--nproc={limits.nproc}:{limits.nproc}")
+    drop = []
+    if drop_to is not None:
+        drop = [f"--reuid={drop_to[0]}", f"--regid={drop_to[1]}", "--clear-groups"]
+    return [
+        _SH,
+        "-c",
+        join + 'exec "$@"',
+        "sh",
+        _PRLIMIT,
+        *rlimits,
+        "--",
+        _SETPRIV,
+        *drop,
+        "--pdeathsig=KILL",
+        "--",
+    ]
+
+
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -474,6 +517,9 @@ def _spawn(
             pass_fds = (status_w, *launch.fds, *([] if filter_fd is None else [filter_fd]))
             drop = (limits.host_uid, limits.host_gid) if as_root else None
             procs_files = group.procs_files()
+        launcher = _launcher(limits, procs_files, drop)
+        if launcher:
+            argv = launcher + argv
         try:
             popen = subprocess.Popen(
                 argv,
@@ -487,7 +533,7 @@ def _spawn(
                 start_new_session=True,  # its own process group, so the whole tree can be killed
                 # Only the cgroup join, setrlimit, the uid switch and prctl between fork and
                 # exec: no locks, safe with threads.
-                preexec_fn=lambda: _in_child(limits, procs_files, drop),
+                preexec_fn=None if launcher else lambda: _in_child(limits, procs_files, drop),
             )
         except BaseException:
             if status is not None:
