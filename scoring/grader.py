@@ -146,41 +146,39 @@ def assigned_names(source: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _bound_names(source: str) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            names.add(node.id)
+def free_names(tree: ast.Module) -> list[str]:
+    """The names a source reads but never binds itself, in order of first use (the one rule
+    for "what must come from elsewhere": the importer's entry points and the grader's)."""
+    first: dict[str, tuple[int, int]] = {}
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                where = (node.lineno, node.col_offset)
+                first[node.id] = min(first.get(node.id, where), where)
+            else:
+                bound.add(node.id)
         elif isinstance(node, ast.arg):
-            names.add(node.arg)
+            bound.add(node.arg)
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
+            bound.add(node.name)
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        if isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-    return names
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+    return [name for name in sorted(first, key=first.__getitem__) if name not in bound]
 
 
 def infer_entry_points(sources: list[str], prelude: list[str], setup: str) -> list[str]:
     """Names the tests use that neither Python nor the tests' own code defines: the program
     must. (The importer stores them from the reference solution where it has one.)"""
-    bound = set(dir(builtins))
-    for source in [*prelude, setup]:
-        bound |= _bound_names(source)
-    found: list[str] = []
-    for source in sources:
-        local = _bound_names(source)
-        for node in ast.walk(ast.parse(source)):
-            if (
-                isinstance(node, ast.Name)
-                and isinstance(node.ctx, ast.Load)
-                and node.id not in bound
-                and node.id not in local
-                and node.id not in found
-            ):
-                found.append(node.id)
-    return found
+    tree = ast.parse("\n".join([*prelude, setup, *sources]))
+    return [name for name in free_names(tree) if name not in _BUILTINS]
+
+
+_BUILTINS = frozenset(dir(builtins))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from scoring.grader import free_names
 from scoring.models import Domain, Prompt, PromptGold, PromptSet
 from scoring.prompt_io import RawRow
 from scoring.sandbox import SandboxUnavailable, check_available
@@ -274,7 +275,7 @@ def _clean_mbpp(tests: dict[str, Any]) -> dict[str, Any]:
     # trees with the program's `Node`) use without binding them, in order of first use.
     used: dict[str, None] = {}
     for _, tree in [*test_list, *challenge, ("", setup_tree)]:
-        used.update(dict.fromkeys(_free_names(tree)))
+        used.update(dict.fromkeys(free_names(tree)))
     harness: set[str] = set(_top_level(setup_tree))
     for _, tree in imports:
         harness.update(_top_level(tree))
@@ -445,30 +446,6 @@ def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
 
 def _top_level_names(tree: ast.Module) -> set[str]:
     return set(_top_level(tree))
-
-
-def _free_names(tree: ast.Module) -> list[str]:
-    """The names a source reads but never binds itself, in order of first use."""
-    first: dict[str, tuple[int, int]] = {}
-    bound: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                where = (node.lineno, node.col_offset)
-                first[node.id] = min(first.get(node.id, where), where)
-            else:
-                bound.add(node.id)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            bound.update(_binding(alias) for alias in node.names)
-        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            bound.add(node.rest)
-    return [name for name in sorted(first, key=first.__getitem__) if name not in bound]
 
 
 def _import_of(statement: ast.Import | ast.ImportFrom, name: str) -> str:
