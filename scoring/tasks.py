@@ -86,6 +86,19 @@ def task_for(domain: str) -> Any:
     return score_code_samples if domain in SANDBOX_DOMAINS else score_samples
 
 
+def runs_code(domain: str, config: Any) -> bool:
+    """Whether a set's samples need the sandbox: its domain is code, or its verifier_config
+    enables the code verifier (the sandbox never runs on the `verify` queue)."""
+    if domain in SANDBOX_DOMAINS:
+        return True
+    from scoring.verifiers import verifiers_for
+
+    try:
+        return any(v.name == "code" for v in verifiers_for(domain, config or {}))
+    except ValueError:
+        return False  # a typo in the config: the pipeline marks the sample `error` at once
+
+
 def _score_all(task: Task, sample_ids: list[int], rescore: bool) -> int:
     # The claim key is the task id: a retry (task.retry) and a redelivery after a lost worker
     # keep it, so they re-claim the sample the cut-short run left `scoring`; a duplicate
@@ -145,11 +158,10 @@ def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
     stay `received` and the sweeper queues them again, so nothing is lost."""
     if not sample_ids:
         return
-    code_ids = set(
-        Sample.objects.filter(
-            pk__in=sample_ids, prompt__prompt_set__domain__in=SANDBOX_DOMAINS
-        ).values_list("pk", flat=True)
+    rows = Sample.objects.filter(pk__in=sample_ids).values_list(
+        "pk", "prompt__prompt_set__domain", "prompt__prompt_set__verifier_config"
     )
+    code_ids = {pk for pk, domain, config in rows if runs_code(domain, config)}
     for task, ids in (
         (score_samples, [pk for pk in sample_ids if pk not in code_ids]),
         (score_code_samples, [pk for pk in sample_ids if pk in code_ids]),

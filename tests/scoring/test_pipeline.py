@@ -240,3 +240,25 @@ def test_prompt_set_validation_rejects_unknown_verifiers():
     prompt_set = PromptSetFactory.build(verifier_config={"enable": ["lang"]})
     with pytest.raises(ValidationError, match="unknown verifiers"):
         prompt_set.full_clean()
+
+
+@pytest.mark.django_db
+def test_samples_that_run_code_go_to_the_sandbox_queue_whatever_their_domain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scoring import tasks
+
+    sent: dict[str, list[int]] = {"verify": [], "sandbox": []}
+    monkeypatch.setattr(tasks.score_samples, "delay", lambda ids, r: sent["verify"].extend(ids))
+    monkeypatch.setattr(
+        tasks.score_code_samples, "delay", lambda ids, r: sent["sandbox"].extend(ids)
+    )
+    plain = make_sample()
+    code_set = PromptSetFactory(domain="code")
+    with_code = PromptSetFactory(domain="general", verifier_config={"enable": ["code"]})
+    typo = PromptSetFactory(domain="math", verifier_config={"enable": ["cdoe"]})
+    code = make_sample(prompt_set=code_set)
+    enabled = make_sample(prompt_set=with_code)
+    broken = make_sample(prompt_set=typo)
+    tasks.queue_scoring([plain.pk, code.pk, enabled.pk, broken.pk])
+    assert sent == {"verify": [plain.pk, broken.pk], "sandbox": [code.pk, enabled.pk]}
