@@ -227,6 +227,7 @@ def run_function_tests(
         },
         script="harness.py",
         done_marker=DONE_LINE,
+        own_cgroup=False,
         args=(str(request_w), str(response_r)),
         fds=(request_w, response_r),
         # -S: the harness needs nothing from site; it starts faster without it.

@@ -143,6 +143,10 @@ class Launch:
     # A line after which the process has nothing more to say (the primary of a run): the run
     # ends when it appears on stdout, without waiting for the interpreter to shut down.
     done_marker: bytes | None = None
+    # Untrusted code always runs in a cgroup of its own. A trusted single process (the test
+    # harness: it never forks) may go without: its rlimits bound it, and every cgroup attach
+    # costs a kernel-wide RCU grace period, which two concurrent attaches pay in turn.
+    own_cgroup: bool = True
     limits: SandboxLimits | None = None
 
 
@@ -314,12 +318,15 @@ def _rlimits(limits: SandboxLimits, nproc: int | None) -> None:
 
 
 def _in_child(
-    limits: SandboxLimits, procs_files: list[bytes], drop_to: tuple[int, int] | None
+    limits: SandboxLimits,
+    procs_files: list[bytes],
+    drop_to: tuple[int, int] | None,
+    nproc: int | None,
 ) -> None:
     # 1. Into the run's cgroup first: everything after, bwrap included, is counted there.
     cgroups.join(procs_files)
-    # 2. rlimits (RLIMIT_NPROC only without a pids cgroup: it is per host uid, shared by runs).
-    _rlimits(limits, None if procs_files else limits.nproc)
+    # 2. rlimits (RLIMIT_NPROC only without a sandbox: it is per host uid, shared by runs).
+    _rlimits(limits, nproc)
     # 3. Drop host root, if we are root.
     if drop_to is not None:
         uid, gid = drop_to
@@ -340,7 +347,10 @@ _SH, _PRLIMIT, _SETPRIV = "/bin/sh", shutil.which("prlimit"), shutil.which("setp
 
 
 def _launcher(
-    limits: SandboxLimits, procs_files: list[bytes], drop_to: tuple[int, int] | None
+    limits: SandboxLimits,
+    procs_files: list[bytes],
+    drop_to: tuple[int, int] | None,
+    nproc: int | None,
 ) -> list[str] | None:
     """argv to put before bwrap's, doing what `_in_child` does; None without the tools."""
     if _PRLIMIT is None or _SETPRIV is None:
@@ -354,8 +364,8 @@ def _launcher(
         f"--nofile={limits.nofile}:{limits.nofile}",
         "--core=0:0",
     ]
-    if not procs_files:
-        rlimits.append(f"--nproc={limits.nproc}:{limits.nproc}")
+    if nproc is not None:
+        rlimits.append(f"--nproc={nproc}:{nproc}")
     drop = []
     if drop_to is not None:
         drop = [f"--reuid={drop_to[0]}", f"--regid={drop_to[1]}", "--clear-groups"]
@@ -505,9 +515,10 @@ def _spawn(
             drop = (limits.host_uid, limits.host_gid) if as_root else None
             procs_files: list[bytes] = []
         else:
-            group = cgroups.RunGroup.create(
-                support, memory_bytes=limits.memory_bytes, pids=limits.nproc, cpus=limits.cpus
-            )
+            if launch.own_cgroup:
+                group = cgroups.RunGroup.create(
+                    support, memory_bytes=limits.memory_bytes, pids=limits.nproc, cpus=limits.cpus
+                )
             status_r, status_w = os.pipe()
             status = _StatusReader(status_r)
             filter_fd = seccomp.filter_fd()
@@ -516,8 +527,12 @@ def _spawn(
             cwd = "/"
             pass_fds = (status_w, *launch.fds, *([] if filter_fd is None else [filter_fd]))
             drop = (limits.host_uid, limits.host_gid) if as_root else None
-            procs_files = group.procs_files()
-        launcher = _launcher(limits, procs_files, drop)
+            procs_files = group.procs_files() if group is not None else []
+        # RLIMIT_NPROC counts every process of the host uid, all runs together: only without
+        # any sandbox (the unsafe bypass). Sandboxed, the pids cgroup counts per run, and a
+        # trusted harness without a cgroup never forks.
+        nproc = limits.nproc if status is None else None
+        launcher = _launcher(limits, procs_files, drop, nproc)
         if launcher:
             argv = launcher + argv
         try:
@@ -533,7 +548,9 @@ def _spawn(
                 start_new_session=True,  # its own process group, so the whole tree can be killed
                 # Only the cgroup join, setrlimit, the uid switch and prctl between fork and
                 # exec: no locks, safe with threads.
-                preexec_fn=None if launcher else lambda: _in_child(limits, procs_files, drop),
+                preexec_fn=None
+                if launcher
+                else lambda: _in_child(limits, procs_files, drop, nproc),
             )
         except BaseException:
             if status is not None:
