@@ -341,8 +341,7 @@ class RunGroup:
                 _write(cpu / "cpu.max", f"{quota} {period}")
 
     def procs_files(self) -> list[bytes]:
-        """The cgroup.procs files the child writes its pid to (encoded in the parent: the child
-        only opens and writes between fork and exec)."""
+        """The cgroup.procs files the child writes its pid to before it execs bwrap."""
         seen: list[bytes] = []
         for path in self.dirs.values():
             f = os.fsencode(path / "cgroup.procs")
@@ -485,15 +484,3 @@ def sweep(max_age_s: float = 5.0) -> int:
             with _pending_lock:
                 _pending.append((group, since))
     return len(_pending)
-
-
-def join(procs_files: list[bytes]) -> None:
-    """Between fork and exec: put the calling process into the run's groups. Only os.open and
-    os.write (no locks, no imports), as in any preexec_fn."""
-    pid = str(os.getpid()).encode()
-    for path in procs_files:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, pid)
-        finally:
-            os.close(fd)

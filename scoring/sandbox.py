@@ -46,12 +46,10 @@ logs a warning on every run.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import json
 import logging
 import os
-import resource
 import selectors
 import shlex
 import shutil
@@ -297,52 +295,15 @@ def _bwrap_argv(
     ]
 
 
-# --- the child, between fork and exec --------------------------------------------------------
+# --- the child, before bwrap --------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-# Loaded once in the parent: nothing may be imported or loaded between fork and exec.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _rlimits(limits: SandboxLimits, nproc: int | None) -> None:
-    cpu = max(1, int(limits.cpu_s))
-    # Per process, a second line behind the run's cgroup. soft == hard: the program is pid 1
-    # of its namespace and ignores SIGXCPU; SIGKILL it is.
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    if nproc is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize_bytes, limits.fsize_bytes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _in_child(
-    limits: SandboxLimits,
-    procs_files: list[bytes],
-    drop_to: tuple[int, int] | None,
-    nproc: int | None,
-) -> None:
-    # 1. Into the run's cgroup first: everything after, bwrap included, is counted there.
-    cgroups.join(procs_files)
-    # 2. rlimits (RLIMIT_NPROC only without a sandbox: it is per host uid, shared by runs).
-    _rlimits(limits, nproc)
-    # 3. Drop host root, if we are root.
-    if drop_to is not None:
-        uid, gid = drop_to
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-    # 4. If the scoring worker dies, bwrap dies with it (and the program with bwrap). Set after
-    # the uid change, which clears it. PDEATHSIG follows the thread that forked: the run is
-    # synchronous, so that thread outlives bwrap.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-# The same four steps without a Python preexec_fn: a preexec_fn makes subprocess fork the whole
-# worker (6 ms for a 90 MB process, twice per graded run) where it could vfork (under 1 ms).
-# A shell joins the cgroups, util-linux's prlimit sets the rlimits, setpriv drops root and sets
-# PDEATHSIG after the uid change; each execs the next, in one process.
+# Four steps before bwrap runs, each exec-ing the next in one process: a shell joins the run's
+# cgroups (so bwrap and all it starts are counted there), util-linux's prlimit sets the rlimits
+# (a second line behind the cgroup; soft == hard, as the program is pid 1 of its namespace and
+# ignores SIGXCPU), setpriv drops host root and sets PDEATHSIG after the uid change (which would
+# clear it), so bwrap dies with the scoring worker. Not a Python preexec_fn: that makes
+# subprocess fork the whole worker (6 ms for a 90 MB process, twice per graded run) where it
+# can vfork (under 1 ms).
 _SH, _PRLIMIT, _SETPRIV = "/bin/sh", shutil.which("prlimit"), shutil.which("setpriv")
 
 
@@ -351,10 +312,11 @@ def _launcher(
     procs_files: list[bytes],
     drop_to: tuple[int, int] | None,
     nproc: int | None,
-) -> list[str] | None:
-    """argv to put before bwrap's, doing what `_in_child` does; None without the tools."""
+) -> list[str]:
+    """argv to put before bwrap's (or, unsafe, before the interpreter's); empty only in the
+    unsafe bypass on a machine without util-linux."""
     if _PRLIMIT is None or _SETPRIV is None:
-        return None
+        return []
     join = "".join(f"echo $$ > {shlex.quote(os.fsdecode(f))} && " for f in procs_files)
     cpu = max(1, int(limits.cpu_s))
     rlimits = [
@@ -446,7 +408,7 @@ class _Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
 
 
-_stale_swept: dict[int, bool] = {}
+_swept_workdirs: set[int] = set()  # processes that removed dead workers' run folders
 _spawners: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -468,9 +430,14 @@ def _available(unsafe: bool) -> tuple[str | None, cgroups.Support | None]:
             "bubblewrap (bwrap) is not installed: refusing to run untrusted code. "
             f"Install it (apt-get install bubblewrap), or for development only set {UNSAFE_ENV}=1."
         )
+    if _PRLIMIT is None or _SETPRIV is None:
+        raise SandboxUnavailable(
+            "util-linux's prlimit and setpriv are missing: they set each run's limits and drop "
+            "root before bubblewrap starts (apt-get install util-linux)."
+        )
     support = cgroups.prepare()
-    if _stale_swept.setdefault(os.getpid(), False) is False:
-        _stale_swept[os.getpid()] = True
+    if os.getpid() not in _swept_workdirs:
+        _swept_workdirs.add(os.getpid())
         remove_stale_workdirs()
     if not support.usable:
         raise SandboxUnavailable(
@@ -532,9 +499,7 @@ def _spawn(
         # any sandbox (the unsafe bypass). Sandboxed, the pids cgroup counts per run, and a
         # trusted harness without a cgroup never forks.
         nproc = limits.nproc if status is None else None
-        launcher = _launcher(limits, procs_files, drop, nproc)
-        if launcher:
-            argv = launcher + argv
+        argv = _launcher(limits, procs_files, drop, nproc) + argv
         try:
             popen = subprocess.Popen(
                 argv,
@@ -546,11 +511,6 @@ def _spawn(
                 close_fds=True,
                 pass_fds=pass_fds,
                 start_new_session=True,  # its own process group, so the whole tree can be killed
-                # Only the cgroup join, setrlimit, the uid switch and prctl between fork and
-                # exec: no locks, safe with threads.
-                preexec_fn=None
-                if launcher
-                else lambda: _in_child(limits, procs_files, drop, nproc),
             )
         except BaseException:
             if status is not None:
@@ -818,10 +778,9 @@ def run_many(
         if len(launches) == 1:
             procs.append(_spawn(launches[0], bwrap, support, unsafe))
         else:
-            # Side by side: each spawn waits a few milliseconds for bwrap's exec. (Safe with
-            # preexec_fn: the child runs only system calls, and takes no lock another thread
-            # may hold. The threads live as long as the process: PDEATHSIG fires when the
-            # thread that forked exits, not only the process.)
+            # Side by side: each spawn waits a few milliseconds for bwrap's exec. The threads
+            # live as long as the process: PDEATHSIG fires when the thread that forked exits,
+            # not only the process.
             pool = _spawner()
             futures = [pool.submit(_spawn, one, bwrap, support, unsafe) for one in launches]
             procs.extend(f.result() for f in futures if f.exception() is None)

@@ -31,7 +31,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from scoring import pipeline
-from scoring.models import Domain, Sample
+from scoring.models import Domain, PromptSet, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +158,14 @@ def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
     stay `received` and the sweeper queues them again, so nothing is lost."""
     if not sample_ids:
         return
-    rows = Sample.objects.filter(pk__in=sample_ids).values_list(
-        "pk", "prompt__prompt_set__domain", "prompt__prompt_set__verifier_config"
-    )
-    code_ids = {pk for pk, domain, config in rows if runs_code(domain, config)}
+    rows = list(Sample.objects.filter(pk__in=sample_ids).values_list("pk", "prompt__prompt_set_id"))
+    sets = {
+        pk: runs_code(domain, config)
+        for pk, domain, config in PromptSet.objects.filter(
+            pk__in={set_id for _, set_id in rows}
+        ).values_list("pk", "domain", "verifier_config")
+    }
+    code_ids = {pk for pk, set_id in rows if sets[set_id]}
     for task, ids in (
         (score_samples, [pk for pk in sample_ids if pk not in code_ids]),
         (score_code_samples, [pk for pk in sample_ids if pk in code_ids]),

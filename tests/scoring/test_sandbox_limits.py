@@ -8,6 +8,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -355,10 +356,13 @@ def test_groups_and_folders_of_a_dead_worker_are_cleaned_at_start_up() -> None:
         path = parent / f"tp-run-{dead}-1-1"
         path.mkdir()
         dirs[controller] = path
-    orphan = subprocess.Popen(
-        ["/bin/sleep", "60"],
-        preexec_fn=lambda: cgroups.join(cgroups.RunGroup(support, dirs).procs_files()),
-    )
+    join = " && ".join(f"echo $$ > {path}/cgroup.procs" for path in dirs.values())
+    orphan = subprocess.Popen(["/bin/sh", "-c", f"{join} && exec /bin/sleep 60"])
+    pids_file = dirs["pids"] / "cgroup.procs"
+    for _ in range(500):  # until the orphan has joined its group
+        if str(orphan.pid) in pids_file.read_text().split():
+            break
+        time.sleep(0.01)
     stale = Path(tempfile.gettempdir()) / f"{sandbox.WORKDIR_PREFIX}{dead}-abc"
     stale.mkdir()
     (stale / "spec.json").write_text("{}")
