@@ -51,8 +51,10 @@ u = get_user_model().objects.create_user(username="bench")
 _, raw = issue_token(user=u)
 ps = PromptSet.objects.create(name="bench", domain="math", license="MIT", temperatures=[0.6],
                               samples_per_prompt={n}, max_tokens=64, lease_seconds=3600)
-Prompt.objects.bulk_create([Prompt(prompt_set=ps, external_id=f"p{{i}}", text_hash=f"{{i:064d}}",
+Prompt.objects.bulk_create([Prompt(prompt_set=ps, seq=i + 1, external_id=f"p{{i}}",
+    text_hash=f"{{i:064d}}",
     messages=[{{"role": "user", "content": f"What is {{i}} + {{i}}?"}}]) for i in range({prompts})])
+PromptSet.objects.filter(pk=ps.pk).update(last_prompt_seq={prompts})
 print("TOKEN=" + raw)
 """
 

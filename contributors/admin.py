@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -9,9 +11,11 @@ from contributors.models import (
     ApiToken,
     Bounty,
     ComputeNode,
+    KnownModel,
     Lease,
     LeaseItem,
     LeaseState,
+    ModelStatus,
     Profile,
     Slot,
 )
@@ -65,12 +69,36 @@ class ComputeNodeAdmin(admin.ModelAdmin):
     list_filter = ["backend"]
     search_fields = ["name", "owner__username"]
 
+    # Through the service: a node's live leases are released (their slots go back) before it
+    # and its lease history go. Leases are PROTECTed against a raw cascade, so the confirmation
+    # page would call them "protected"; here they are the service's to handle.
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, _protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, perms_needed - {"lease"}, []
+
+    def delete_model(self, request: HttpRequest, obj: ComputeNode) -> None:
+        services.delete_node(node=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ComputeNode]) -> None:
+        for node in queryset:
+            services.delete_node(node=node)
+
 
 class LeaseItemInline(admin.TabularInline):
+    # Read-only: an item's counts are the slot ledger's (contributors.services.ledger).
     model = LeaseItem
     extra = 0
-    raw_id_fields = ["slot"]
-    readonly_fields = ["n", "received", "returned"]
+    fields = ("slot", "n", "received", "returned")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Lease)
@@ -137,6 +165,36 @@ class SlotAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(KnownModel)
+class KnownModelAdmin(admin.ModelAdmin):
+    """Model names nodes registered. Unreviewed ones open a bounded number of slots; allow the
+    ones you want collected at scale, block the ones you never want."""
+
+    list_display = ["model_id", "status", "slots_opened", "introduced_by", "first_seen"]
+    list_filter = ["status"]
+    search_fields = ["model_id"]
+    readonly_fields = ["model_id", "slots_opened", "introduced_by", "first_seen"]
+    fields = ["model_id", "status", "note", "slots_opened", "introduced_by", "first_seen"]
+    actions = ["allow", "block"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # The row holds the name's allowance and counts towards its contributor's names.
+        return False
+
+    @admin.action(description="Allow selected models (no slot cap)")
+    def allow(self, request: HttpRequest, queryset: QuerySet[KnownModel]) -> None:
+        n = queryset.update(status=ModelStatus.ALLOWED)
+        self.message_user(request, f"{n} models allowed.", messages.SUCCESS)
+
+    @admin.action(description="Block selected models (no leases, uploads refused)")
+    def block(self, request: HttpRequest, queryset: QuerySet[KnownModel]) -> None:
+        n = queryset.update(status=ModelStatus.BLOCKED)
+        self.message_user(request, f"{n} models blocked.", messages.SUCCESS)
 
 
 @admin.register(Bounty)

@@ -11,6 +11,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from contributors.models import ApiToken, hash_token
+from contributors.throttling import FailedAuthLimiter
 
 # last_used is refreshed at most this often: a write per request would double the API's
 # database load for a column that is only read by people.
@@ -24,6 +25,21 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None
+        # Authentication runs before the throttles, so failures are limited here, per client
+        # address, before the token is even looked up: guessing tokens costs no queries.
+        limiter = FailedAuthLimiter(request)
+        if limiter.over_limit():
+            raise exceptions.Throttled(
+                wait=limiter.retry_after,
+                detail="Too many failed authentications from this address.",
+            )
+        try:
+            return self._authenticate(header)
+        except exceptions.AuthenticationFailed:
+            limiter.record_failure()
+            raise
+
+    def _authenticate(self, header: list[bytes]) -> tuple[Any, ApiToken]:
         if len(header) != 2:
             raise exceptions.AuthenticationFailed(
                 "Malformed Authorization header: use 'Bearer <token>'."

@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from scoring.models import Prompt, PromptSet, Sample
 
 TOKEN_PREFIX = "tp_"
+
+# A Hugging Face repository id: `org/name`, each part letters, digits and `-_.`, starting and
+# ending with a letter or digit, at most 96 characters (the Hub's own limits).
+_HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+MODEL_ID_RE = re.compile(rf"{_HF_PART}/{_HF_PART}")
+# A revision: a branch, tag or commit hash.
+MODEL_REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+
+
+def model_id_problem(value: str) -> str | None:
+    """Why `value` is not a model id Thinkpool takes, or None. Model ids name slots, releases
+    and dataset rows, so they are Hugging Face ids, never whatever a local server calls a
+    model (a path, `qwen3:8b`)."""
+    if MODEL_ID_RE.fullmatch(value) and ".." not in value and "--" not in value:
+        return None
+    if value.startswith(("/", "~", ".")) or "\\" in value or value.count("/") > 1:
+        return (
+            f"{value!r} looks like a local path. Name the model by its Hugging Face id "
+            "(org/name, e.g. Qwen/Qwen3-8B) and serve it under that name: vLLM "
+            "--served-model-name, SGLang --served-model-name, or the worker's --backend-model "
+            "for the local path."
+        )
+    return (
+        f"{value!r} is not a Hugging Face model id. Use org/name (e.g. Qwen/Qwen3-8B), the name "
+        "the OpenAI-compatible server serves it under (vLLM --served-model-name); a revision "
+        "goes in its own field."
+    )
 
 
 class Profile(models.Model):
@@ -29,6 +58,9 @@ class Profile(models.Model):
     quota_samples_per_day = models.PositiveIntegerField(null=True, blank=True)
     banned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the first upload that stores a sample: the public count of contributors is then
+    # kept as work happens instead of a DISTINCT over every sample.
+    first_sample_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.handle
@@ -125,7 +157,12 @@ class Slot(models.Model):
     """
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="slots")
-    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="slots")
+    # No index of its own: lookups by set go through `slot_open_by_coverage`. A plain index on
+    # the set tempts PostgreSQL's planner into reading every slot of a set made since the last
+    # ANALYZE (a new set looks tiny) and sorting them, instead of the open ones in order.
+    prompt_set = models.ForeignKey(
+        PromptSet, on_delete=models.CASCADE, related_name="slots", db_index=False
+    )
     model = models.CharField(max_length=200)
     temperature = models.FloatField()
     target = models.PositiveIntegerField()
@@ -144,8 +181,17 @@ class Slot(models.Model):
                 name="slot_never_over_assigned",
             ),
         ]
-        # Serves the leasing query: equality on set and model, ordered by coverage.
-        indexes = [models.Index(fields=["prompt_set", "model", "filled", "outstanding", "id"])]
+        indexes = [
+            # Serves the leasing query: equality on set and model, least covered first, then
+            # prompt by prompt across the plan's temperatures. Partial: only slots still short
+            # of their target are in it, so a set whose slots are all filled costs one empty
+            # index probe, however many slots it has.
+            models.Index(
+                fields=["prompt_set", "model", "filled", "outstanding", "prompt", "temperature"],
+                condition=Q(target__gt=F("filled") + F("outstanding")),
+                name="slot_open_by_coverage",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"prompt {self.prompt_id} / {self.model} @ {self.temperature}"
@@ -156,13 +202,16 @@ class Slot(models.Model):
 
 
 class SlotFrontier(models.Model):
-    """How far slots are made, per (set, model, temperature): prompts with a higher id have no
-    slot yet. Prompt ids only grow, so leasing finds new prompts without scanning old ones."""
+    """How far slots are made, per (set, model, temperature): prompts of the set with a higher
+    `Prompt.seq` have no slot yet. Not the prompt id: ids come from one sequence shared by
+    concurrent imports, which commit in any order, so a lower id can become visible after a
+    higher one was passed. A set's `seq` is handed out under the set's row lock and committed
+    before the next import takes it, so seqs become visible in order."""
 
     prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="frontiers")
     model = models.CharField(max_length=200)
     temperature = models.FloatField()
-    last_prompt_id = models.BigIntegerField(default=0)
+    last_seq = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -172,7 +221,7 @@ class SlotFrontier(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.prompt_set_id} / {self.model} @ {self.temperature}: {self.last_prompt_id}"
+        return f"{self.prompt_set_id} / {self.model} @ {self.temperature}: {self.last_seq}"
 
 
 class LeaseState(models.TextChoices):
@@ -183,11 +232,18 @@ class LeaseState(models.TextChoices):
 
 
 class Lease(models.Model):
-    node = models.ForeignKey(ComputeNode, on_delete=models.CASCADE, related_name="leases")
+    # PROTECT: a cascade would delete live leases without giving their slots back. A node is
+    # deleted through contributors.services.nodes.delete_node, which releases them first; a
+    # user with leases is not deleted (like one with samples).
+    node = models.ForeignKey(ComputeNode, on_delete=models.PROTECT, related_name="leases")
     contributor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="leases"
     )
     model = models.CharField(max_length=200)
+    # Chosen by the client and journaled before it asks: a request whose answer was lost is
+    # asked again with the same key and gets the same lease, never a second one it cannot see.
+    # NULL, not "", for no key: the unique constraint below skips NULLs.
+    key = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     state = models.CharField(max_length=16, choices=LeaseState.choices, default=LeaseState.LIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     # How far each heartbeat pushes the deadline: the shortest of its prompt sets' leases.
@@ -196,6 +252,13 @@ class Lease(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node", "key"],
+                condition=Q(key__isnull=False),
+                name="lease_unique_key_per_node",
+            ),
+        ]
         indexes = [
             models.Index(fields=["state", "deadline"]),
             models.Index(fields=["contributor", "state"]),
@@ -204,6 +267,14 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return f"lease {self.pk} ({self.state})"
+
+    @property
+    def effective_state(self) -> str:
+        """What a client should act on: a live lease past its deadline is expired, whether or
+        not the periodic expiry has closed it yet (it no longer takes heartbeats)."""
+        if self.state == LeaseState.LIVE and self.deadline <= timezone.now():
+            return LeaseState.EXPIRED
+        return self.state
 
 
 class LeaseItem(models.Model):
@@ -241,6 +312,45 @@ class SampleOrigin(models.Model):
 
     def __str__(self) -> str:
         return f"origin of sample {self.sample_id}"
+
+
+class ModelStatus(models.TextChoices):
+    UNREVIEWED = "unreviewed"
+    ALLOWED = "allowed"
+    BLOCKED = "blocked"
+
+
+class KnownModel(models.Model):
+    """A model id some node registered. A contributor names models freely, so a name nobody
+    reviewed opens at most THINKPOOL["UNREVIEWED_MODEL_MAX_SLOTS"] slots (across every set that
+    takes any model) until a maintainer allows it; a blocked one is refused outright. A set
+    that names the model in its `models_allowed` has allowed it for that set already."""
+
+    model_id = models.CharField(max_length=200, unique=True)
+    status = models.CharField(
+        max_length=16, choices=ModelStatus.choices, default=ModelStatus.UNREVIEWED
+    )
+    # Slots made for this model in sets that admit it only by a pattern or by taking any
+    # model: what the cap above counts.
+    slots_opened = models.PositiveIntegerField(default=0)
+    introduced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    first_seen = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        # The Hub treats ids case-insensitively: `Org/Model` is not a second name (nor a
+        # second allowance, nor n more guesses per prompt).
+        constraints = [
+            models.UniqueConstraint(Lower("model_id"), name="knownmodel_unique_lower_id"),
+        ]
+        indexes = [
+            models.Index(fields=["introduced_by", "status"], name="knownmodel_introduced_status")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ({self.status})"
 
 
 class Bounty(models.Model):

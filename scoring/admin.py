@@ -5,7 +5,6 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
-from django.utils import timezone
 
 from scoring.models import Prompt, PromptGold, PromptSet, Sample, SampleStatus, Verdict
 from scoring.pipeline import POISON_PREFIX
@@ -87,6 +86,13 @@ class PromptAdmin(admin.ModelAdmin):
     readonly_fields = ["closed_at"]
     inlines = [PromptGoldInline]
     actions = ["close_to_collection"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Prompt | None = None) -> list[str]:
+        # A prompt's set never changes: its seq is its place in that set, and its slots are
+        # made along that set's seqs (contributors.services.ledger).
+        if obj is not None:
+            return [*self.readonly_fields, "prompt_set"]
+        return list(self.readonly_fields)
 
     @admin.display(description="text")
     def short_text(self, obj: Prompt) -> str:
@@ -181,6 +187,11 @@ class SampleAdmin(admin.ModelAdmin):
     inlines = [VerdictInline]
     actions = ["quarantine", "release_from_quarantine", "score_again"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # A stored sample is counted in its slot, the contributor's per-prompt cap and the
+        # public counters: it is quarantined, never deleted.
+        return False
+
     @admin.display(description="reason", ordering="status_reason")
     def short_reason(self, obj: Sample) -> str:
         return obj.status_reason[:80]
@@ -191,35 +202,26 @@ class SampleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Release from quarantine (back to scoring)")
     def release_from_quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
+        from scoring.pipeline import requeue
         from scoring.tasks import queue_scoring
 
-        ids = list(queryset.filter(quarantined=True).values_list("pk", flat=True))
-        # A maintainer's fresh start: its attempts start over.
-        Sample.objects.filter(pk__in=ids).update(
-            quarantined=False,
-            status=SampleStatus.RECEIVED,
-            status_changed_at=timezone.now(),
-            attempts=0,
-            next_attempt_at=None,
+        # A maintainer's fresh start: its attempts start over (the public counters move with it).
+        ids = requeue(
+            sample_ids=list(queryset.filter(quarantined=True).values_list("pk", flat=True)),
+            release=True,
         )
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples released and queued for scoring.")
 
     @admin.action(description="Score again (samples in error, poison included)")
     def score_again(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
+        from scoring.pipeline import requeue
         from scoring.tasks import queue_scoring
 
-        ids = list(
-            queryset.filter(status=SampleStatus.ERROR, quarantined=False).values_list(
-                "pk", flat=True
-            )
-        )
-        # Conditional on still being `error`: a sample a task claimed meanwhile is left to it.
-        Sample.objects.filter(pk__in=ids, status=SampleStatus.ERROR).update(
-            status=SampleStatus.RECEIVED,
-            status_changed_at=timezone.now(),
-            attempts=0,
-            next_attempt_at=None,
+        # Only samples still `error`: one a task claimed meanwhile is left to it.
+        ids = requeue(
+            sample_ids=list(queryset.values_list("pk", flat=True)),
+            only_status=SampleStatus.ERROR,
         )
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples queued for scoring again.")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, QuerySet
 
-from scoring.models import Prompt, PromptSet, Sample, SampleStatus, Verdict, VerdictStatus
+from scoring.models import Prompt, PromptSet, Sample, SampleStatus, VerdictStatus
 from scoring.pipeline import CORRECTNESS_VERIFIERS, candidate_for
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ def contributor_view(sample: Sample) -> dict[str, Any]:
     if is_disclosed(sample.prompt):
         verdicts = [
             {"verifier": v.verifier, "version": v.version, "status": v.status}
-            for v in Verdict.objects.filter(sample=sample).order_by("pk")
+            # Through the relation, so a list that prefetched `verdicts` costs no query here.
+            for v in sorted(sample.verdicts.all(), key=lambda v: v.pk)
         ]
         return {
             "disclosed": True,
@@ -112,6 +113,17 @@ def contributor_view(sample: Sample) -> dict[str, Any]:
         "status": REJECTED if failed else ACCEPTED,
         "status_reason": "; ".join(failed) if failed else AWAITING_REASON,
         "verdicts": checks,
+    }
+
+
+def awaiting_view() -> dict[str, Any]:
+    """A sample of an open prompt where its checks are not computed (a list): only that its
+    judgement awaits the prompt's closing."""
+    return {
+        "disclosed": False,
+        "status": AWAITING_DISCLOSURE,
+        "status_reason": AWAITING_REASON,
+        "verdicts": [],
     }
 
 

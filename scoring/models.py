@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 
 DEFAULT_INSTRUCTION = (
@@ -65,6 +65,8 @@ class PromptSet(models.Model):
         default=1, help_text="How many times each slot's samples are collected (cross-checks)."
     )
     verifier_config = models.JSONField(default=dict, blank=True)
+    # The last `Prompt.seq` handed out in this set (see Prompt.seq). Only ever grows.
+    last_prompt_seq = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-priority", "name"]
@@ -82,6 +84,17 @@ class PromptSet(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # `last_prompt_seq` is written only by `next_seqs`, under the row lock: a save of a
+        # set loaded before an import (the admin's change form) must not write it back.
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name != "last_prompt_seq"
+            ]
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         # A typo in the verifier settings must fail here, in the admin form, not later in
@@ -110,6 +123,25 @@ class PromptSet(models.Model):
             return True
         return any(fnmatch.fnmatchcase(model_id, pattern) for pattern in self.models_allowed)
 
+    @staticmethod
+    def next_seqs(prompt_set_id: int, count: int) -> range:
+        """Hands out `count` prompt seqs of the set. Locks the set's row until the caller's
+        transaction ends: imports into one set take turns, so their seqs commit in order."""
+        assert transaction.get_connection().in_atomic_block, "call inside the inserting transaction"
+        last = (
+            PromptSet.objects.select_for_update()
+            .filter(pk=prompt_set_id)
+            .values_list("last_prompt_seq", flat=True)
+            .get()
+        )
+        PromptSet.objects.filter(pk=prompt_set_id).update(last_prompt_seq=last + count)
+        # Every prompt is made through here (save() and the import's bulk insert): the public
+        # prompt count (scoring/counters.py) is kept in the same transaction.
+        from scoring import counters
+
+        counters.add({counters.prompts_in_set(prompt_set_id): count})
+        return range(last + 1, last + count + 1)
+
     @property
     def slot_target(self) -> int:
         return self.samples_per_prompt * self.replication
@@ -136,6 +168,10 @@ class Prompt(models.Model):
     text_hash = models.CharField(max_length=64, help_text="sha256 of the normalised text.")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Position in its set, 1, 2, 3, …: handed out by `PromptSet.next_seqs` under the set's row
+    # lock, so within a set prompts become visible in seq order (ids do not: concurrent imports
+    # commit in any order). Slots are made along it (contributors.models.SlotFrontier).
+    seq = models.BigIntegerField(editable=False)
     # Closed to collection: never leased or judged for credit again, and only now may its gold
     # (and the per-sample verdicts that depend on it) be disclosed. See scoring/disclosure.py.
     closed_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -143,11 +179,22 @@ class Prompt(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["prompt_set", "text_hash"], name="prompt_unique_text"),
+            models.UniqueConstraint(fields=["prompt_set", "seq"], name="prompt_unique_seq"),
         ]
         indexes = [models.Index(fields=["prompt_set", "external_id"])]
 
     def __str__(self) -> str:
         return f"{self.prompt_set.name}/{self.external_id or self.pk}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Every way of making a prompt gets its seq from the set (bulk_create, which skips
+        # save(), fails on the NOT NULL column instead of making a prompt no slot will reach).
+        if self.seq is None:
+            with transaction.atomic():
+                (self.seq,) = PromptSet.next_seqs(self.prompt_set_id, 1)
+                super().save(*args, **kwargs)
+            return
+        super().save(*args, **kwargs)
 
     @property
     def text(self) -> str:
@@ -211,6 +258,10 @@ class Sample(models.Model):
     claim_key = models.CharField(max_length=64, blank=True)
     # A transient verifier error is judged again, with back-off, from this time on.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When its last scoring message reached the broker; empty while none has (just stored, the
+    # broker was down, or the sweepers put it back). A `received` sample left empty for a
+    # minute is queued again (pipeline.unqueued_sample_ids), not after SWEEP_AFTER_S.
+    queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -218,6 +269,13 @@ class Sample(models.Model):
             models.Index(fields=["prompt", "model", "temperature"]),
             models.Index(fields=["contributor", "-received_at"]),
             models.Index(fields=["status", "next_attempt_at"]),
+            # The minute sweep's samples that never reached the broker: a handful of rows,
+            # however long the queue.
+            models.Index(
+                fields=["status_changed_at"],
+                condition=Q(status="received", queued_at__isnull=True),
+                name="sample_unqueued_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -255,3 +313,21 @@ class Verdict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verifier} v{self.version}: {self.status}"
+
+
+class Counter(models.Model):
+    """A running total for the public stats (scoring/counters.py), kept as work happens so no
+    page aggregates whole tables. Sharded: each writer adds to one of a few rows picked at
+    random, so concurrent uploads do not queue on one row lock; a read sums the shards."""
+
+    name = models.CharField(max_length=64)
+    shard = models.PositiveSmallIntegerField()
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["name", "shard"], name="counter_unique_shard"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.shard}] = {self.value}"

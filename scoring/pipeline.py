@@ -9,10 +9,17 @@ Safe to run twice, concurrently or after a crash:
   limit or a database error, the redelivery after a killed worker: at once, with no wait for the
   sweeper), or a `scoring` sample stale beyond the sweep window. A message with another task id
   leaves a fresh claim alone, so the sandbox never runs one sample twice side by side.
-* Verdicts are upserted by (sample, verifier, version), an up-to-date verdict is reused, and a
-  verdict is written only while the claim still holds (the sample row is locked for it).
 * The final status is a conditional UPDATE on the claim: still `scoring`, same attempt, same
-  holder, not quarantined. An outdated claim settles nothing.
+  holder, not quarantined. An outdated claim settles nothing. The sample's new verdicts are
+  written in the same transaction, in one upsert by (sample, verifier, version), behind that
+  UPDATE's row lock: a verdict is written only while the claim still holds. An up-to-date
+  verdict is reused. When the soft time limit cuts a sample short, the verdicts judged so far
+  are kept (while the claim holds), so the retry goes on from the next verifier.
+* A few queries per sample, however many verifiers: claim (lock and read the sample with its
+  prompt, set and gold; UPDATE), the verdicts to reuse, and the finish (UPDATE, upsert). Each
+  status change also reads whether the prompt is closed, after it holds the row: the public
+  per-status counters count samples of closed prompts only (scoring/counters.py), and
+  `close_prompts` locks a prompt's samples to count them, so the two never miss each other.
 * Attempts are capped (THINKPOOL["MAX_SCORING_ATTEMPTS"]): a sample whose scoring crashed its
   worker or ran out of time that often ends `error` with a reason starting "poison".
 * A verifier that could not judge for a passing reason (status `error`: sandbox unavailable, a
@@ -38,6 +45,7 @@ from django.db.models import CharField, F, Q, QuerySet, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
+from scoring import counters
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
 from scoring.verifiers.base import Candidate, Gold, Outcome, Status
 
@@ -60,6 +68,11 @@ RETRY_BASE_S = 60
 RETRY_MAX_S = 3600
 
 POISON_PREFIX = "poison: "
+
+# A `received` sample whose scoring message never reached the broker (Sample.queued_at empty:
+# the broker was down at commit, or the process died before publishing) is queued again by the
+# minute sweep once it has waited this long. Queued or claimed samples wait for SWEEP_AFTER_S.
+UNQUEUED_AFTER_S = 60
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,11 @@ def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | N
 
     An unfinished sample that has had its attempts is not claimed but ends `error`, "poison":
     a sample that crashes its worker every time would otherwise be redelivered for ever."""
+    return _claim(sample_id=sample_id, claim_key=claim_key, rescore=rescore)[0]
+
+
+def _claim(*, sample_id: int, claim_key: str, rescore: bool) -> tuple[Claim | None, Sample | None]:
+    """`claim`, and the sample as the verifiers need it (prompt, set and gold loaded)."""
     now = timezone.now()
     cap = max_attempts()
     stale = now - timedelta(seconds=settings.THINKPOOL["SWEEP_AFTER_S"])
@@ -114,21 +132,34 @@ def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | N
         "claim_key": claim_key,
         "next_attempt_at": None,
     }
-    # One transaction: the attempt number read back is the one this UPDATE wrote (on
-    # PostgreSQL the row stays locked until commit; SQLite's IMMEDIATE transaction locks all).
     with transaction.atomic():
+        # Locked first (PostgreSQL; SQLite's IMMEDIATE transaction locks all): what the row
+        # holds now is what the UPDATEs below see, so its status is the one they change (for
+        # the counters) and its attempts plus one is the attempt they write. The same read
+        # brings what the verifiers need.
+        sample = (
+            Sample.objects.select_for_update(of=("self",))
+            .select_related("prompt__prompt_set", "prompt__gold")
+            .filter(pk=sample_id, quarantined=False)
+            .first()
+        )
+        if sample is None:
+            return None, None
+        before = sample.status
+        attempt = sample.attempts + 1
         claimed = this.filter(unfinished, attempts__lt=cap).update(
             attempts=F("attempts") + 1, **claimed_fields
         )
         if not claimed and rescore:
+            attempt = 1
             claimed = (
                 this.filter(status__in=SETTLED_STATUSES)
                 .exclude(claim_key=claim_key)
                 .update(attempts=1, **claimed_fields)
             )
         if claimed:
-            attempt = this.values_list("attempts", flat=True).get()
-            return Claim(sample_id=sample_id, key=claim_key, attempt=attempt)
+            _count_moves([(sample_id, before, SampleStatus.SCORING)])
+            return Claim(sample_id=sample_id, key=claim_key, attempt=attempt), sample
         poisoned = this.filter(unfinished, attempts__gte=cap).update(
             status=SampleStatus.ERROR,
             status_reason=Concat(
@@ -141,6 +172,8 @@ def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | N
             claim_key=claim_key,
             next_attempt_at=None,
         )
+        if poisoned:
+            _count_moves([(sample_id, before, SampleStatus.ERROR)])
     if poisoned:
         logger.warning(
             "sample %s: its scoring was cut short (crash or time limit) in each of its %s "
@@ -148,7 +181,29 @@ def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | N
             sample_id,
             cap,
         )
-    return None
+    return None, None
+
+
+def _count_moves(moves: list[tuple[int, str, str]]) -> None:
+    """Moves the public per-status counters of closed prompts' samples (scoring/counters.py)
+    for samples that changed status, given as (id, old, new). Called in the transaction of
+    the UPDATE that changed them, after it: the rows are locked by now, and this read (a fresh
+    statement) sees a `close_prompts` that committed while the UPDATE waited for them. A close
+    still in flight waits for these rows and counts their new status itself."""
+    changed = [(pk, old, new) for pk, old, new in moves if old != new]
+    if not changed:
+        return
+    closed = set(
+        Sample.objects.filter(
+            pk__in=[pk for pk, _, _ in changed], prompt__closed_at__isnull=False
+        ).values_list("pk", flat=True)
+    )
+    deltas: dict[str, int] = {}
+    for pk, old, new in changed:
+        if pk in closed:
+            deltas[counters.closed_samples(old)] = deltas.get(counters.closed_samples(old), 0) - 1
+            deltas[counters.closed_samples(new)] = deltas.get(counters.closed_samples(new), 0) + 1
+    counters.add(deltas)
 
 
 def candidate_for(sample: Sample) -> Candidate:
@@ -213,12 +268,11 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
     `claim_key` names the holder (the Celery task id); without one, the call is a holder of its
     own. A soft time limit or a database error propagates: the task retries, and its retry
     re-claims the sample under the same key."""
-    held = claim(
+    held, sample = _claim(
         sample_id=sample_id, claim_key=claim_key or f"call-{uuid.uuid4().hex}", rescore=rescore
     )
-    if held is None:
+    if held is None or sample is None:
         return False
-    sample = Sample.objects.select_related("prompt__prompt_set").get(pk=sample_id)
     prompt_set = sample.prompt.prompt_set
     config = prompt_set.verifier_config or {}
     candidate, gold = candidate_for(sample), gold_for(sample)
@@ -238,50 +292,62 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
         # retried on its own: no later try mends it (fix the set, then `manage.py rescore`).
         return _finish(held, SampleStatus.ERROR, f"verifier configuration: {exc}")
     verdicts: list[Verdict] = []
-    for verifier in verifiers:
-        existing = current.get((verifier.name, verifier.version))
-        if existing is not None:
-            verdicts.append(existing)
-            continue
-        outcome, duration_ms = _run(verifier, candidate, gold, config)
-        verdict = _record(held, verifier, outcome, duration_ms)
-        if verdict is None:
-            logger.info(
-                "sample %s: claim %s (attempt %s) lost while judging; left to its new holder",
-                sample_id,
-                held.key,
-                held.attempt,
+    fresh: list[Verdict] = []  # judged now: written with the finish
+    try:
+        for verifier in verifiers:
+            existing = current.get((verifier.name, verifier.version))
+            if existing is not None:
+                verdicts.append(existing)
+                continue
+            outcome, duration_ms = _run(verifier, candidate, gold, config)
+            verdict = Verdict(
+                sample_id=sample_id,
+                verifier=verifier.name,
+                version=verifier.version,
+                status=str(outcome.status),
+                score=outcome.score,
+                details=outcome.details,
+                duration_ms=duration_ms,
             )
-            return False
-        verdicts.append(verdict)
+            verdicts.append(verdict)
+            fresh.append(verdict)
+    except SoftTimeLimitExceeded:
+        # Each verifier fits in the soft time limit (scoring/checks.py), not always all of
+        # them together: what was judged is kept for the retry, which goes on from here.
+        _keep(held, fresh)
+        raise
     status, reason = settle(verdicts)
     # A verifier that reported `error` could not judge for a reason of its own (sandbox
     # missing, math worker crashed): worth another try later. "Could not be judged" (gold
     # that does not parse) is not: the same inputs give the same answer.
     transient = any(v.status == VerdictStatus.ERROR for v in verdicts)
-    return _finish(held, status, reason, transient=transient)
+    return _finish(held, status, reason, transient=transient, verdicts=fresh)
 
 
-def _record(held: Claim, verifier: Any, outcome: Outcome, duration_ms: int) -> Verdict | None:
-    """Upserts the verdict while the claim still holds; None when it no longer does."""
-    with transaction.atomic():
-        # The sample row is locked while the claim is checked and the verdict written: a newer
-        # claim (an UPDATE of that row) waits for this to commit, so an outdated holder never
-        # overwrites the verdict of the claim that came after it.
-        if not list(held.still_held().select_for_update().values_list("pk", flat=True)):
-            return None
-        verdict, _ = Verdict.objects.update_or_create(
-            sample_id=held.sample_id,
-            verifier=verifier.name,
-            version=verifier.version,
-            defaults={
-                "status": str(outcome.status),
-                "score": outcome.score,
-                "details": outcome.details,
-                "duration_ms": duration_ms,
-            },
+def _upsert(verdicts: list[Verdict]) -> None:
+    """One statement for all of a sample's new verdicts (a retry overwrites its own)."""
+    if verdicts:
+        Verdict.objects.bulk_create(
+            verdicts,
+            update_conflicts=True,
+            unique_fields=["sample", "verifier", "version"],
+            update_fields=["status", "score", "details", "duration_ms", "created_at"],
         )
-    return verdict
+
+
+def _keep(held: Claim, verdicts: list[Verdict]) -> None:
+    """Writes verdicts judged before the task ran out of time, while the claim still holds
+    (its row locked meanwhile). Never raises: the time limit is what must propagate."""
+    if not verdicts:
+        return
+    try:
+        with transaction.atomic():
+            if list(held.still_held().select_for_update().values_list("pk", flat=True)):
+                _upsert(verdicts)
+    except Exception:
+        logger.exception(
+            "sample %s: verdicts judged before the time limit are lost", held.sample_id
+        )
 
 
 def retry_delay(*, attempt: int) -> timedelta | None:
@@ -291,9 +357,17 @@ def retry_delay(*, attempt: int) -> timedelta | None:
     return timedelta(seconds=min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(attempt - 1, 0)))
 
 
-def _finish(held: Claim, status: str, reason: str, *, transient: bool = False) -> bool:
-    """Settles the sample, only while `held` still holds it: a newer claim, the sweeper's
-    reset or a maintainer's quarantine wins. True when it did."""
+def _finish(
+    held: Claim,
+    status: str,
+    reason: str,
+    *,
+    transient: bool = False,
+    verdicts: list[Verdict] | None = None,
+) -> bool:
+    """Settles the sample and writes its new `verdicts`, only while `held` still holds it: a
+    newer claim, the sweeper's reset or a maintainer's quarantine wins, and then nothing is
+    written. True when it did."""
     now = timezone.now()
     retry_at: datetime | None = None
     if transient:
@@ -302,12 +376,19 @@ def _finish(held: Claim, status: str, reason: str, *, transient: bool = False) -
             reason = f"{reason}; gave up after {held.attempt} attempts"
         else:
             retry_at = now + delay
-    settled = held.still_held().update(
-        status=status,
-        status_reason=reason[:500],
-        status_changed_at=now,
-        next_attempt_at=retry_at,
-    )
+    with transaction.atomic():
+        # The UPDATE locks the row until commit: a newer claim (an UPDATE of that row) waits
+        # for the verdicts below, so an outdated holder never overwrites those of the claim
+        # that came after it.
+        settled = held.still_held().update(
+            status=status,
+            status_reason=reason[:500],
+            status_changed_at=now,
+            next_attempt_at=retry_at,
+        )
+        if settled:
+            _upsert(verdicts or [])
+            _count_moves([(held.sample_id, SampleStatus.SCORING, status)])
     if not settled:
         logger.info(
             "sample %s: claim %s (attempt %s) is outdated or quarantined; not settled",
@@ -337,6 +418,47 @@ def give_up(*, sample_id: int, claim_key: str, error: BaseException) -> bool:
     )
 
 
+def unqueued_sample_ids(*, limit: int = 5000) -> list[int]:
+    """`received` samples whose scoring message never reached the broker (no `queued_at`),
+    waiting UNQUEUED_AFTER_S or more: the broker was down when they were stored, or the
+    process died before it published. Their clock is reset, so the next minute's sweep leaves
+    them alone while this one's message is on its way; if it cannot be sent either, they are
+    found again a minute later."""
+    now = timezone.now()
+    lost = Sample.objects.filter(
+        status=SampleStatus.RECEIVED,
+        queued_at__isnull=True,
+        status_changed_at__lt=now - timedelta(seconds=UNQUEUED_AFTER_S),
+        quarantined=False,
+    )
+    ids = list(lost.order_by("status_changed_at", "pk").values_list("pk", flat=True)[:limit])
+    if ids:
+        lost.filter(pk__in=ids).update(status_changed_at=now)
+    return ids
+
+
+def _move_back(candidates: QuerySet[Sample], ids: list[int], **fields: Any) -> list[int]:
+    """Puts the `ids` that still match `candidates` back to `received` with `fields`; returns
+    them. They are locked first, so the old statuses read are the ones changed (for the
+    counters), and a task that claimed one meanwhile keeps it. `queued_at` is cleared with
+    the same write: if the message sent next never reaches the broker, the minute sweep
+    finds the sample."""
+    with transaction.atomic():
+        rows = list(
+            candidates.filter(pk__in=ids)
+            .select_for_update()
+            .order_by("pk")
+            .values_list("pk", "status")
+        )
+        moved = [pk for pk, _ in rows]
+        if moved:
+            Sample.objects.filter(pk__in=moved).update(
+                status=SampleStatus.RECEIVED, queued_at=None, **fields
+            )
+            _count_moves([(pk, old, SampleStatus.RECEIVED) for pk, old in rows])
+    return moved
+
+
 def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
     """Samples left before a verdict for too long: a lost message, or a task that died with
     its worker (SWEEP_AFTER_S is longer than any scoring task may run). They go back to
@@ -349,15 +471,13 @@ def stuck_sample_ids(*, limit: int = 5000) -> list[int]:
     ids = list(stuck.order_by("pk").values_list("pk", flat=True)[:limit])
     if not ids:
         return []
-    # Conditional on still being stuck: a task that claimed one meanwhile keeps it.
-    stuck.filter(pk__in=ids).update(status=SampleStatus.RECEIVED, status_changed_at=timezone.now())
-    return ids
+    return _move_back(stuck, ids, status_changed_at=timezone.now())
 
 
 def due_retry_ids(*, limit: int = 5000) -> list[int]:
     """Samples left `error` by a transient verifier error whose back-off has passed, with
     attempts left. They go back to `received` (attempts kept) for the task the sweeper queues;
-    the conditional UPDATE leaves alone one that a rescore claimed meanwhile."""
+    one that a rescore claimed meanwhile is left alone."""
     now = timezone.now()
     due = Sample.objects.filter(
         status=SampleStatus.ERROR,
@@ -368,7 +488,26 @@ def due_retry_ids(*, limit: int = 5000) -> list[int]:
     ids = list(due.order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:limit])
     if not ids:
         return []
-    due.filter(pk__in=ids).update(
-        status=SampleStatus.RECEIVED, status_changed_at=now, next_attempt_at=None
+    return _move_back(due, ids, status_changed_at=now, next_attempt_at=None)
+
+
+def requeue(
+    *, sample_ids: list[int], only_status: str | None = None, release: bool = False
+) -> list[int]:
+    """A maintainer's fresh start (the admin's "score again" and "release from quarantine"):
+    the samples go back to `received` with their attempts starting over, the public counters
+    moved with them. With `only_status`, only samples in that status; with `release`, only
+    quarantined samples, which are released. Returns the ids moved: queue them with
+    scoring.tasks.queue_scoring."""
+    candidates = Sample.objects.filter(quarantined=release)
+    if only_status is not None:
+        candidates = candidates.filter(status=only_status)
+    extra = {"quarantined": False} if release else {}
+    return _move_back(
+        candidates,
+        list(sample_ids),
+        status_changed_at=timezone.now(),
+        attempts=0,
+        next_attempt_at=None,
+        **extra,
     )
-    return ids

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import connection, transaction
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from scoring import counters
 from scoring.grader import free_names
-from scoring.models import Domain, Prompt, PromptGold, PromptSet
+from scoring.models import Domain, Prompt, PromptGold, PromptSet, Sample
 from scoring.prompt_io import RawRow
 from scoring.sandbox import SandboxUnavailable, check_available
+from scoring.signals import prompts_closed
 
 ROLES = {"system", "user", "assistant"}
 DOMAINS_WITH_ANSWER = {Domain.MATH, Domain.MCQ, Domain.STRING}
@@ -592,6 +594,9 @@ def import_prompts(
         raise ImportRejected(report)
 
     with transaction.atomic():
+        # Imports into one set take turns on its row (PromptSet.next_seqs says why); taken
+        # before the duplicate check, so another import's copies of these texts are seen.
+        list(PromptSet.objects.select_for_update().filter(pk=prompt_set.pk))
         # Another import into the same set may have committed meanwhile.
         existing = set(
             Prompt.objects.filter(
@@ -607,12 +612,15 @@ def import_prompts(
                 text_hash__in=[c.text_hash for c in new], closed_at__isnull=False
             ).values_list("text_hash", "closed_at")
         )
+        # Seqs for the new prompts; the set's row stays locked until this import commits.
+        seqs = iter(PromptSet.next_seqs(prompt_set.pk, len(new))) if new else iter(())
         for start in range(0, len(new), 1000):
             chunk = new[start : start + 1000]
             prompts = Prompt.objects.bulk_create(
                 [
                     Prompt(
                         prompt_set=prompt_set,
+                        seq=next(seqs),
                         external_id=c.external_id,
                         messages=c.messages,
                         text_hash=c.text_hash,
@@ -724,8 +732,44 @@ def _close(prompts: QuerySet[Prompt], at: datetime | None, twins: bool) -> int:
     # Locked in id order first. Uploads hold the prompts they store for FOR SHARE until they
     # commit (contributors.services), so an upload in flight finishes before the close, and
     # one that comes after it sees the prompt closed and stores nothing.
-    list(prompts.select_for_update().order_by("pk").values_list("pk", flat=True))
-    return prompts.update(closed_at=at or timezone.now())
+    ids = list(prompts.select_for_update().order_by("pk").values_list("pk", flat=True))
+    closed = prompts.update(closed_at=at or timezone.now())
+    _count_closed_samples(ids)
+    prompts_closed.send(sender=Prompt, prompt_ids=ids)
+    return closed
+
+
+def _count_closed_samples(prompt_ids: list[int], chunk: int = 1000) -> None:
+    """Adds the samples of prompts closed now to the public per-status counters of closed
+    prompts (scoring/counters.py). On PostgreSQL the samples are locked (FOR SHARE) as they
+    are counted: a status change in flight (scoring.pipeline holds the row it changes) commits
+    first and is counted with its new status here; one that comes after waits for this close
+    and then sees the prompt closed, and moves the counters itself."""
+    deltas: dict[str, int] = {}
+    for start in range(0, len(prompt_ids), chunk):
+        ids = prompt_ids[start : start + chunk]
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(Sample._meta.db_table)
+            with connection.cursor() as cursor:
+                # Locked in id order, as the sweeps lock samples (pipeline._move_back).
+                cursor.execute(
+                    "SELECT status, count(*) FROM (SELECT status FROM "  # noqa: S608
+                    f"{table} WHERE prompt_id = ANY(%s) ORDER BY id FOR SHARE) AS locked "
+                    "GROUP BY status",
+                    [ids],
+                )
+                rows = cursor.fetchall()
+        else:  # SQLite's IMMEDIATE transactions serialise writers: nothing moves meanwhile
+            rows = list(
+                Sample.objects.filter(prompt_id__in=ids)
+                .order_by()
+                .values_list("status")
+                .annotate(n=Count("pk"))
+            )
+        for status, n in rows:
+            name = counters.closed_samples(status)
+            deltas[name] = deltas.get(name, 0) + n
+    counters.add(deltas)
 
 
 @transaction.atomic

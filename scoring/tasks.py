@@ -17,6 +17,10 @@ Failure paths of a scoring task, and where each sample of its chunk ends up:
 * A lost message, or a worker killed where no redelivery comes (the whole worker on the
   filesystem broker, or before Redis's visibility timeout): the sweeper re-queues samples stuck
   beyond SWEEP_AFTER_S, which scoring/checks.py keeps longer than any task's time limit.
+
+And before a task runs: a message that never reached the broker (it was down when the upload
+committed, or the web process died first) leaves its samples without `Sample.queued_at`; the
+same minute sweep queues them again after pipeline.UNQUEUED_AFTER_S, not after SWEEP_AFTER_S.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from django.utils import timezone
 
 from scoring import pipeline
 from scoring.models import Domain, PromptSet, Sample
@@ -38,6 +43,17 @@ logger = logging.getLogger(__name__)
 # Uploads queue scoring in chunks of this many ids: one broker message per chunk keeps the
 # broker out of the ingest hot path, while a chunk stays small enough to finish in seconds.
 QUEUE_CHUNK = 64
+
+# Publishing a chunk tries the broker twice at most, at once (the second try opens a fresh
+# connection, which mends one that a broker restart closed): an upload's request must not
+# wait on a broker that is away. Each try is bounded by the socket timeouts that
+# thinkpool/celery.py sets. Samples not sent are found by the minute sweep.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 
 # Retries of a chunk (soft time limit, database errors): exponential with full jitter, at most
 # this long apart.
@@ -141,24 +157,67 @@ def _score_all(task: Task, sample_ids: list[int], rescore: bool) -> int:
     name="scoring.sweep_stuck_samples", queue="maintenance", acks_late=True, time_limit=300
 )
 def sweep_stuck_samples() -> int:
-    """Every minute (beat): samples stuck before a verdict, and samples whose transient error
-    is due for another try, are queued for scoring again."""
+    """Every minute (beat): samples whose message never reached the broker (after a minute),
+    samples stuck before a verdict (after SWEEP_AFTER_S), and samples whose transient error is
+    due for another try are queued for scoring again."""
+    # Unqueued first: it resets their clocks, so the stuck sweep does not take them twice.
+    unqueued = pipeline.unqueued_sample_ids()
     stuck = pipeline.stuck_sample_ids()
     due = pipeline.due_retry_ids()
-    queue_scoring(stuck + due)
+    queue_scoring(unqueued + stuck + due)
+    if unqueued:
+        logger.info("re-queued %d samples whose message never reached the broker", len(unqueued))
     if stuck:
         logger.info("re-queued %d samples stuck before a verdict", len(stuck))
     if due:
         logger.info("re-queued %d samples whose verifier error is due for another try", len(due))
-    return len(stuck) + len(due)
+    return len(unqueued) + len(stuck) + len(due)
 
 
-def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
-    """Sends ids to the scoring queues. Called on commit: if the broker is down the samples
-    stay `received` and the sweeper queues them again, so nothing is lost."""
-    if not sample_ids:
-        return
-    rows = list(Sample.objects.filter(pk__in=sample_ids).values_list("pk", "prompt__prompt_set_id"))
+def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> int:
+    """Sends ids to the scoring queues; returns how many were sent. Never raises: an upload
+    calls it on commit, and its samples are stored whatever happens here.
+
+    A chunk whose message reached the broker gets `queued_at` (one UPDATE per chunk). Once a
+    publish fails, the rest of the call sends nothing more (the broker is away: no request
+    waits on it twice) and every sample not sent is left without `queued_at`, so the minute
+    sweep (pipeline.unqueued_sample_ids) queues them once the broker is back."""
+    ids = list(dict.fromkeys(sample_ids))
+    if not ids:
+        return 0
+    try:
+        batches = _batches(ids)
+    except Exception:
+        logger.exception("could not read %d samples to queue; the sweeper will", len(ids))
+        return 0
+    sent = 0
+    unsent: list[int] = []
+    for task, chunk in batches:
+        if unsent:
+            unsent.extend(chunk)
+            continue
+        try:
+            task.apply_async(args=(chunk, rescore), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+        except Exception as exc:
+            logger.error(
+                "could not queue %d samples for scoring (%s: %s); those waiting for a verdict "
+                "are queued again by the minute sweep",
+                len(ids) - sent,
+                type(exc).__name__,
+                exc,
+            )
+            unsent.extend(chunk)
+            continue
+        sent += len(chunk)
+        _mark_queued(chunk, timezone.now())
+    if unsent:
+        _mark_queued(unsent, None)
+    return sent
+
+
+def _batches(ids: list[int]) -> list[tuple[Any, list[int]]]:
+    """(task, chunk of ids) in the order of `ids`: the sandbox's samples to its own queue."""
+    rows = list(Sample.objects.filter(pk__in=ids).values_list("pk", "prompt__prompt_set_id"))
     sets = {
         pk: runs_code(domain, config)
         for pk, domain, config in PromptSet.objects.filter(
@@ -166,15 +225,21 @@ def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> None:
         ).values_list("pk", "domain", "verifier_config")
     }
     code_ids = {pk for pk, set_id in rows if sets[set_id]}
-    for task, ids in (
-        (score_samples, [pk for pk in sample_ids if pk not in code_ids]),
-        (score_code_samples, [pk for pk in sample_ids if pk in code_ids]),
+    known = {pk for pk, _ in rows}
+    batches: list[tuple[Any, list[int]]] = []
+    for task, wanted in (
+        (score_samples, [pk for pk in ids if pk in known and pk not in code_ids]),
+        (score_code_samples, [pk for pk in ids if pk in code_ids]),
     ):
-        for start in range(0, len(ids), QUEUE_CHUNK):
-            chunk = ids[start : start + QUEUE_CHUNK]
-            try:
-                task.delay(chunk, rescore)
-            except Exception:
-                logger.exception(
-                    "could not queue %d samples for scoring; the sweeper will", len(chunk)
-                )
+        for start in range(0, len(wanted), QUEUE_CHUNK):
+            batches.append((task, wanted[start : start + QUEUE_CHUNK]))
+    return batches
+
+
+def _mark_queued(ids: list[int], at: Any) -> None:
+    try:
+        Sample.objects.filter(pk__in=ids).update(queued_at=at)
+    except Exception:
+        # Sent but not marked: the minute sweep sends them again, and the second message
+        # finds them claimed or settled (claims are keyed by task id).
+        logger.exception("could not mark %d samples queued", len(ids))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -22,10 +22,38 @@ app.conf.task_queues = [
 ]
 app.conf.beat_schedule = {
     "expire-overdue-leases": {"task": "contributors.expire_overdue_leases", "schedule": 30.0},
-    # Also re-queues samples whose transient verifier error is due for another try.
+    # Also re-queues samples whose message never reached the broker (after a minute: a broker
+    # outage costs a minute or two, not SWEEP_AFTER_S) and samples whose transient verifier
+    # error is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
 }
 app.autodiscover_tasks(["contributors", "scoring"])
+
+# Every wait on a Redis broker is bounded. Without these, a publish to a Redis that accepts
+# connections but never answers (a hung server, a half-open connection after a failover) waits
+# for ever, and an upload's request with it (scoring.tasks.queue_scoring publishes on commit).
+# The worker's consumer is unaffected (its reads are driven by the event loop; kombu checks
+# that connection itself). Settings' CELERY_BROKER_TRANSPORT_OPTIONS may override each.
+REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def bounded_transport_options(
+    broker_url: str, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`options` with the bounded waits added where the broker is Redis."""
+    bounded = dict(options or {})
+    if broker_url.split("://", 1)[0] in REDIS_SCHEMES:
+        for key, value in REDIS_TIMEOUTS.items():
+            bounded.setdefault(key, value)
+    return bounded
+
+
+@app.on_after_configure.connect
+def _bound_broker_waits(sender: Any, source: Any, **kwargs: Any) -> None:
+    source.broker_transport_options = bounded_transport_options(
+        str(source.broker_url or ""), source.broker_transport_options
+    )
 
 
 def worker_startup_problems(queues: Iterable[str]) -> list[str]:

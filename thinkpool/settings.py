@@ -8,6 +8,8 @@ With DEBUG off, SECRET_KEY and ALLOWED_HOSTS must be set explicitly.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -59,6 +61,48 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+_RATE = re.compile(r"\s*([0-9]+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*", re.I)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate, `<n>/<s|sec|m|min|h|hour|d|day>`. DRF parses rates lazily, on the
+    first throttled request, so a typo would start the server and then 500 every request:
+    checked here, at start-up, instead."""
+    value = os.environ.get(name) or default
+    match = _RATE.fullmatch(value)
+    if match is None or int(match[1]) < 1:
+        raise ImproperlyConfigured(
+            f"{name} must be a rate like 600/min (<n>/<s|sec|m|min|h|hour|d|day>, n >= 1), "
+            f"got {value!r}."
+        )
+    return f"{int(match[1])}/{match[2][0].lower()}"
+
+
+def read_local_env(path: Path) -> dict[str, str]:
+    """The `KEY=VALUE` lines of a local settings file (blank lines and `#` comments skipped)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ImproperlyConfigured(f"{path}, line {number}: expected KEY=VALUE, got {line!r}.")
+        values[key] = value.strip()
+    return values
+
+
+# This checkout's development settings: `make run` writes var/local.env once (DEBUG=1 and a
+# generated SECRET_KEY), so every manage.py command typed afterwards works as the README shows.
+# A variable set in the environment always wins over the file. A process whose environment turns
+# DEBUG off is production and never reads the file: a development key cannot end up there, and
+# with no such file (any real deployment) the strict rules below hold.
+LOCAL_ENV_FILE = Path(os.environ.get("THINKPOOL_VAR_DIR") or BASE_DIR / "var") / "local.env"
+if env_bool("DEBUG", True) and LOCAL_ENV_FILE.is_file():
+    for _key, _value in read_local_env(LOCAL_ENV_FILE).items():
+        os.environ.setdefault(_key, _value)
+
 DEBUG = env_bool("DEBUG", False)
 VAR_DIR = Path(env_str("THINKPOOL_VAR_DIR", str(BASE_DIR / "var")))
 
@@ -66,6 +110,11 @@ if DEBUG:
     SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-do-not-use-in-production")
     ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 else:
+    if not os.environ.get("SECRET_KEY"):
+        raise ImproperlyConfigured(
+            "Set the environment variable SECRET_KEY. (For development, `make run` writes "
+            f"{LOCAL_ENV_FILE} with DEBUG=1 and a generated key, read unless DEBUG=0 is set.)"
+        )
     SECRET_KEY = env_str("SECRET_KEY")
     if not os.environ.get("ALLOWED_HOSTS"):
         raise ImproperlyConfigured("Set the environment variable ALLOWED_HOSTS (comma-separated).")
@@ -83,6 +132,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "scoring",
     "contributors",
     "thinkpool",
@@ -90,12 +140,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, API docs) straight after the HTTPS redirect, before sessions and auth.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "thinkpool.middleware.RejectNulMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "thinkpool.urls"
@@ -117,7 +172,16 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'thinkpool.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# Health checks: a persistent connection that PostgreSQL dropped (a restart, a failover) is
+# found dead and replaced when a request starts, instead of failing that request.
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # libpq waits forever for an unreachable server by default; /readyz and requests should not.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("THINKPOOL_DB_CONNECT_TIMEOUT_S", 5, minimum=1)
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The web server and the Celery worker write to the same file. WAL lets readers run beside
@@ -140,6 +204,23 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
+# --- Login lockout (django-axes) ----------------------------------------------------------
+# The admin login locks a username at one client address after this many wrong passwords, for
+# the cool-off; during it even the right password is refused. By username and address together,
+# so an attacker elsewhere cannot lock a maintainer out.
+AUTHENTICATION_BACKENDS = [
+    "thinkpool.auth_backends.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("THINKPOOL_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("THINKPOOL_LOGIN_COOLOFF_MIN", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Its start-up banner would print before every manage.py command's own output.
+AXES_VERBOSE = False
+# The same client address as the API throttles (REST_FRAMEWORK["NUM_PROXIES"] below).
+AXES_CLIENT_IP_CALLABLE = "contributors.throttling.client_address"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -147,6 +228,22 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Production: the WSGI app serves static files itself (WhiteNoise) from STATIC_ROOT, which
+# `manage.py collectstatic` fills with content-hashed, compressed copies (cached for a year).
+# Development and tests serve them from the apps' own folders, so nothing needs collecting. Tied
+# to the DEBUG read here, not settings.DEBUG, which the test runner turns off.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # Request bodies: an upload of 256 samples with 32k-token completions is large, but bounded.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("THINKPOOL_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
@@ -158,9 +255,19 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_THROTTLE_CLASSES": ["contributors.throttling.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
-        "token": os.environ.get("THINKPOOL_TOKEN_RATE", "600/min"),
-        "anon": os.environ.get("THINKPOOL_ANON_RATE", "120/min"),
+        "token": env_rate("THINKPOOL_TOKEN_RATE", "600/min"),
+        "anon": env_rate("THINKPOOL_ANON_RATE", "120/min"),
+        # Failed token authentications per client address (contributors/authentication.py).
+        "auth_failure": env_rate("THINKPOOL_AUTH_FAILURE_RATE", "30/min"),
     },
+    # How many reverse proxies stand in front of the app, each appending to X-Forwarded-For.
+    # 0: the client is REMOTE_ADDR and X-Forwarded-For is ignored (anyone can write it, and a
+    # new value per request would be a new client to every throttle). N: the address the
+    # outermost trusted proxy saw. Never None, which makes DRF trust the header whole.
+    "NUM_PROXIES": env_int("THINKPOOL_NUM_PROXIES", 0, minimum=0, maximum=16),
+    # There is one API version. drf-spectacular echoes `?version=` into a response header, so a
+    # value outside this list (a newline in it was a 500) is ignored instead.
+    "ALLOWED_VERSIONS": ["1"],
     "EXCEPTION_HANDLER": "contributors.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -183,6 +290,9 @@ CACHES = {
         {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": os.environ["CACHE_URL"],
+            # An unreachable cache costs a request at most this long: throttles then fail open
+            # (contributors/throttling.py) and /readyz reports it, instead of hanging.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
         if os.environ.get("CACHE_URL")
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
@@ -225,6 +335,12 @@ THINKPOOL = {
     "MAX_PROMPTS_PER_LEASE": env_int("THINKPOOL_MAX_PROMPTS_PER_LEASE", 256, minimum=1),
     "MAX_LIVE_LEASES_PER_NODE": env_int("THINKPOOL_MAX_LIVE_LEASES_PER_NODE", 4, minimum=1),
     "MAX_LIVE_LEASES_PER_CONTRIBUTOR": env_int("THINKPOOL_MAX_LIVE_LEASES_PER_USER", 16, minimum=1),
+    # A model name no maintainer has reviewed opens at most this many slots (in sets that take
+    # any model or match it by a pattern); one contributor may have this many names waiting.
+    "UNREVIEWED_MODEL_MAX_SLOTS": env_int("THINKPOOL_UNREVIEWED_MODEL_MAX_SLOTS", 4096, minimum=0),
+    "MAX_UNREVIEWED_MODELS_PER_USER": env_int(
+        "THINKPOOL_MAX_UNREVIEWED_MODELS_PER_USER", 16, minimum=1
+    ),
     # Heartbeats extend a lease, up to this long after it was made.
     "MAX_LEASE_LIFETIME_S": env_int("THINKPOOL_MAX_LEASE_LIFETIME_S", 24 * 3600, minimum=60),
     # Samples left in `received` or `scoring` longer than this are queued again by the sweeper.
@@ -245,6 +361,30 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# Production is HTTPS only; `manage.py check --deploy` is clean with docs/deployment.md's settings.
+# Each default is the strict one and has its variable to relax it.
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Load balancers and orchestrators probe over plain HTTP, inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
+    # These two bind every subdomain of the site's domain to HTTPS (preload: for years, in the
+    # browsers' lists): an operator's decision, so off unless set.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    # Behind a proxy that terminates TLS, the header it sets to say the request came over HTTPS
+    # (e.g. X-Forwarded-Proto). Only when the proxy always sets or overwrites it: a client could
+    # send it too.
+    _proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "")
+    if _proxy_ssl_header:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", _proxy_ssl_header):
+            raise ImproperlyConfigured(
+                "SECURE_PROXY_SSL_HEADER must be a header name such as X-Forwarded-Proto, "
+                f"got {_proxy_ssl_header!r}."
+            )
+        SECURE_PROXY_SSL_HEADER = (
+            "HTTP_" + _proxy_ssl_header.upper().replace("-", "_"),
+            "https",
+        )

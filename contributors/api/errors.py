@@ -53,7 +53,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.ValidationError):
         response.data = error_body("invalid", "The request is not valid.", exc.detail)
     elif isinstance(exc, exceptions.ParseError):
-        response.data = error_body("parse_error", str(exc.detail))
+        # The parser's subclasses name what was wrong (nested_too_deeply, invalid_unicode).
+        response.data = error_body(getattr(exc.detail, "code", "parse_error"), str(exc.detail))
+        if getattr(exc, "path", None):  # where in the body (parsers.BodyRefused)
+            response.data["error"]["path"] = exc.path  # type: ignore[attr-defined]
     elif isinstance(exc, exceptions.APIException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         response.data = error_body(code, str(message))

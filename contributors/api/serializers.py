@@ -7,11 +7,18 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.validators import MaxLengthValidator
+from django.core.validators import MaxLengthValidator, RegexValidator
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from contributors.models import ComputeNode, Lease, LeaseItem
+from contributors.models import (
+    MODEL_REVISION_RE,
+    ComputeNode,
+    Lease,
+    LeaseItem,
+    LeaseState,
+    model_id_problem,
+)
 
 MAX_JSON_FIELD_CHARS = 8192
 # Counters are stored as PostgreSQL `integer`; ids as `bigint`. Bigger numbers are bad input
@@ -72,9 +79,30 @@ def _has_nul(value: Any) -> bool:
 # --- nodes ------------------------------------------------------------------------------------
 
 
+class ModelIdField(StrictCharField):
+    """A Hugging Face model id (contributors.models.model_id_problem says why not)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=200, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        problem = model_id_problem(value)
+        if problem is not None:
+            raise serializers.ValidationError(problem, code="invalid_model_id")
+        return value
+
+
 class ModelRefSerializer(serializers.Serializer):
-    id = StrictCharField(max_length=200)
+    id = ModelIdField()
     revision = StrictCharField(max_length=100, allow_null=True, allow_blank=True, required=False)
+
+    def validate_revision(self, value: str | None) -> str | None:
+        if value and not MODEL_REVISION_RE.fullmatch(value):
+            raise serializers.ValidationError(
+                "A revision is a branch, tag or commit hash (letters, digits, `._/-`)."
+            )
+        return value
 
 
 class NodeInSerializer(serializers.Serializer):
@@ -112,11 +140,28 @@ class NodeOutSerializer(serializers.ModelSerializer):
         return int(settings.THINKPOOL["HEARTBEAT_INTERVAL_S"])
 
 
+class HeartbeatInSerializer(serializers.Serializer):
+    # Only the leases named here are extended (services.nodes.heartbeat says why).
+    leases = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        max_length=64,
+        required=False,
+        default=list,
+    )
+
+
+class LeaseStateOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="pk")
+    state = serializers.CharField(source="effective_state")
+    deadline = serializers.DateTimeField()
+
+
 class HeartbeatOutSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.CharField()
     last_heartbeat = serializers.DateTimeField()
     leases_extended = serializers.IntegerField()
+    leases = LeaseStateOutSerializer(many=True)
 
 
 # --- leases -----------------------------------------------------------------------------------
@@ -124,8 +169,16 @@ class HeartbeatOutSerializer(serializers.Serializer):
 
 class LeaseInSerializer(serializers.Serializer):
     node = serializers.IntegerField(min_value=1, max_value=MAX_ID)
-    model = StrictCharField(max_length=200)
+    model = ModelIdField()
     max_prompts = serializers.IntegerField(min_value=1, default=16)
+    # The client's key for this request (services.leasing.create_lease): the same key again
+    # returns the same lease.
+    key = StrictCharField(
+        max_length=64,
+        required=False,
+        allow_null=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9_-]+$", "Letters, digits, `_` and `-` only.")],
+    )
 
     def validate_max_prompts(self, value: int) -> int:
         cap = settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"]
@@ -158,14 +211,34 @@ class LeaseItemOutSerializer(serializers.ModelSerializer):
 
 class LeaseOutSerializer(serializers.ModelSerializer):
     node = serializers.IntegerField(source="node_id")
+    state = serializers.CharField(source="effective_state")
     items = serializers.SerializerMethodField()
 
     class Meta:
         model = Lease
-        fields = ["id", "node", "model", "state", "deadline", "items"]
+        fields = ["id", "key", "node", "model", "state", "deadline", "created_at", "items"]
 
     def get_items(self, lease: Lease) -> list[dict[str, Any]]:
         return LeaseItemOutSerializer(self.context["items"], many=True).data  # type: ignore[return-value]
+
+
+class LeaseQuerySerializer(serializers.Serializer):
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    state = serializers.ChoiceField(choices=LeaseState.values, required=False)
+
+
+class LeaseSummaryOutSerializer(serializers.ModelSerializer):
+    node = serializers.IntegerField(source="node_id")
+    state = serializers.CharField(source="effective_state")
+    items_open = serializers.IntegerField(help_text="Items still waiting for samples.")
+
+    class Meta:
+        model = Lease
+        fields = ["id", "key", "node", "model", "state", "deadline", "created_at", "items_open"]
+
+
+class LeaseListOutSerializer(serializers.Serializer):
+    results = LeaseSummaryOutSerializer(many=True)
 
 
 class ReleaseOutSerializer(serializers.Serializer):
@@ -192,7 +265,7 @@ class SampleInSerializer(serializers.Serializer):
     reasoning = StrictCharField(
         trim_whitespace=False, allow_null=True, allow_blank=True, required=False, default=None
     )
-    model = StrictCharField(max_length=200)
+    model = ModelIdField()
     model_revision = StrictCharField(
         max_length=100, allow_null=True, allow_blank=True, required=False, default=""
     )
@@ -216,12 +289,14 @@ class SampleInSerializer(serializers.Serializer):
             assert isinstance(field, serializers.CharField)
             field.max_length = limit
             field.validators.append(MaxLengthValidator(limit))
+        # One nested validator per serializer, reused for every sample of a batch: a new
+        # serializer per sample deep-copies its fields, the largest cost of an upload.
+        self._sampling = SamplingSerializer()
 
     def validate_sampling(self, value: dict[str, Any]) -> dict[str, Any]:
         _small_json(value, "sampling")
-        known = SamplingSerializer(data=value)
-        known.is_valid(raise_exception=True)
-        return {**value, **known.validated_data}
+        known = self._sampling.run_validation(value)
+        return {**value, **known}
 
     def validate_model_revision(self, value: str | None) -> str:
         return value or ""
@@ -295,12 +370,48 @@ class StatusCountsOutSerializer(serializers.Serializer):
     error = serializers.IntegerField()
 
 
+class ReasonCountOutSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    reason = serializers.CharField()
+    count = serializers.IntegerField()
+
+
 class SampleSummaryOutSerializer(serializers.Serializer):
     total = serializers.IntegerField()
     awaiting_disclosure = serializers.IntegerField(
         help_text="Samples of prompts still open: their correctness is not disclosed yet."
     )
     disclosed = StatusCountsOutSerializer(help_text="Samples of closed prompts, by status.")
+    top_reasons = ReasonCountOutSerializer(
+        many=True, help_text="The most frequent reasons among disclosed samples not verified."
+    )
+
+
+# Values of `GET /samples/?status=`: a real status matches samples of closed prompts only
+# (scoring.disclosure); `awaiting_disclosure` matches the samples of open prompts.
+SAMPLE_STATUS_FILTERS = [
+    "awaiting_disclosure",
+    "received",
+    "scoring",
+    "verified",
+    "rejected",
+    "error",
+]
+
+
+class SampleQuerySerializer(serializers.Serializer):
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
+    status = serializers.ChoiceField(choices=SAMPLE_STATUS_FILTERS, required=False)
+    since = serializers.DateTimeField(required=False)
+    page = serializers.IntegerField(min_value=1, max_value=MAX_INT32, default=1)
+    page_size = serializers.IntegerField(min_value=1, max_value=500, default=100)
+
+
+class SamplePageOutSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = SampleOutSerializer(many=True)
 
 
 class MeOutSerializer(serializers.Serializer):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -71,24 +72,48 @@ class NodeListView(APIView):
 
 
 class NodeHeartbeatView(APIView):
-    @extend_schema(request=None, responses=io.HeartbeatOutSerializer)
+    @extend_schema(request=io.HeartbeatInSerializer, responses=io.HeartbeatOutSerializer)
     def post(self, request: Request, node_id: int) -> Response:
         node = selectors.node_for(user=request.user, node_id=node_id)
-        extended = services.heartbeat(node=node)
+        # An empty body is an empty object: a heartbeat that names no lease.
+        incoming = io.HeartbeatInSerializer(data=request.data or {})
+        incoming.is_valid(raise_exception=True)
+        extended, leases = services.heartbeat(
+            node=node, lease_ids=incoming.validated_data["leases"]
+        )
         out = {
             "id": node.pk,
             "status": node.status,
             "last_heartbeat": node.last_heartbeat,
             "leases_extended": extended,
+            "leases": leases,
         }
         return Response(io.HeartbeatOutSerializer(out).data)
 
 
 class LeaseListView(APIView):
     @extend_schema(
+        operation_id="v1_leases_list",
+        parameters=[io.LeaseQuerySerializer],
+        responses=io.LeaseListOutSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        query = io.LeaseQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        leases = selectors.node_leases(
+            user=request.user,
+            node_id=query.validated_data["node"],
+            state=query.validated_data.get("state"),
+        )
+        return Response(io.LeaseListOutSerializer({"results": leases}).data)
+
+    @extend_schema(
         request=io.LeaseInSerializer,
         responses={
             201: io.LeaseOutSerializer,
+            200: OpenApiResponse(
+                io.LeaseOutSerializer, description="The lease this `key` made before."
+            ),
             204: OpenApiResponse(description="No work for that model."),
         },
     )
@@ -97,15 +122,18 @@ class LeaseListView(APIView):
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         node = selectors.node_for(user=request.user, node_id=data["node"])
-        lease = services.create_lease(
-            node=node, model=data["model"], max_prompts=data["max_prompts"]
+        lease, made = services.create_lease(
+            node=node, model=data["model"], max_prompts=data["max_prompts"], key=data.get("key")
         )
         if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        items = selectors.lease_items(lease=lease)
+        # A lease made now: every item; one asked for again: what is still open of it.
+        items = (
+            selectors.lease_items(lease=lease) if made else selectors.open_lease_items(lease=lease)
+        )
         return Response(
             io.LeaseOutSerializer(lease, context={"items": items}).data,
-            status=status.HTTP_201_CREATED,
+            status=status.HTTP_201_CREATED if made else status.HTTP_200_OK,
         )
 
 
@@ -122,6 +150,13 @@ class LeaseDetailView(APIView):
         released = services.release_lease(lease=lease)
         out = {"id": lease.pk, "state": "released", "released": released}
         return Response(io.ReleaseOutSerializer(out).data)
+
+
+def _with_page(params: Any, page: int, page_size: int) -> str:
+    query = params.copy()
+    query["page"] = str(page)
+    query["page_size"] = str(page_size)
+    return str(query.urlencode())
 
 
 def _validate_samples(
@@ -165,6 +200,32 @@ class LeaseSamplesView(APIView):
 
 
 class SampleListView(APIView):
+    @extend_schema(
+        operation_id="v1_samples_list",
+        parameters=[io.SampleQuerySerializer],
+        responses=io.SamplePageOutSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        """The caller's own samples, newest first, paginated."""
+        query = io.SampleQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = dict(query.validated_data)
+        page, page_size = params.pop("page"), params.pop("page_size")
+        count, results = selectors.sample_page(
+            user=request.user, page=page, page_size=page_size, **params
+        )
+
+        def link(to: int) -> str:
+            return request.build_absolute_uri("?" + _with_page(request.query_params, to, page_size))
+
+        out = {
+            "count": count,
+            "next": link(page + 1) if page * page_size < count else None,
+            "previous": link(page - 1) if page > 1 else None,
+            "results": results,
+        }
+        return Response(io.SamplePageOutSerializer(out).data)
+
     @extend_schema(request=io.UploadEnvelopeSerializer, responses=io.UploadOutSerializer)
     def post(self, request: Request) -> Response:
         """Offline uploads: samples generated outside a lease, matched to prompt ids."""
@@ -190,6 +251,6 @@ class StatsView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
 
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response(selectors.public_stats())

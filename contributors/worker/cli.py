@@ -29,8 +29,9 @@ from .errors import (
     ServerUnreachable,
     UploadPostponed,
     WorkerError,
+    token_refused,
 )
-from .journal import ACCEPTED, Journal
+from .journal import ACCEPTED, DONE_STATES, DUPLICATE, REJECTED, Journal
 from .net import NO_RETRY, RetryPolicy, ServerClient, ServerLimits, make_http_client
 
 log = logging.getLogger("thinkpool.worker")
@@ -64,8 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="transformers backend: cuda, mps, cpu (default: auto)")
     s.add_argument("--dtype", help="transformers backend: bfloat16, float16, float32, auto")
 
-    s = sub.add_parser("run", help="lease prompts, generate, upload, repeat")
-    s.add_argument("--once", action="store_true", help="exit when the server has no work")
+    s = sub.add_parser(
+        "run",
+        help="lease prompts, generate, upload, repeat",
+        description=(
+            "Lease prompts, generate samples with your model, upload them; repeat. Without "
+            "--once it runs until stopped, polling when the server has no work. Ctrl-C (or "
+            "SIGTERM) finishes the samples in flight, uploads and releases the rest; a second "
+            "Ctrl-C quits at once (the journal keeps every finished sample)."
+        ),
+    )
+    s.add_argument(
+        "--once",
+        action="store_true",
+        help=(
+            "work until the server has no more work for this model, then upload, release "
+            "and exit (instead of polling for more)"
+        ),
+    )
     s.add_argument("--max-batches", type=int, help="stop after this many leases")
     s.add_argument("--concurrency", type=int, help="generation requests in flight")
     s.add_argument("--max-prompts", type=int, help="prompts per lease")
@@ -116,12 +133,7 @@ def _me(client: ServerClient, policy: RetryPolicy = QUICK) -> dict[str, Any]:
     try:
         return client.me(policy=policy)
     except AuthError as exc:
-        raise AuthError(
-            exc.status,
-            exc.code,
-            f"the server at {client.base} rejected the token ({exc.status} {exc.code}: "
-            f"{exc.message}); create a new token and run `thinkpool-worker login`",
-        ) from exc
+        raise token_refused(client.base, exc) from exc
 
 
 def make_backend(
@@ -194,7 +206,15 @@ def cmd_register(args: argparse.Namespace) -> int:
                 if len(served) != 1:
                     names = ", ".join(m.id for m in served) or "nothing"
                     raise ConfigError(f"pass --model; the backend serves: {names}")
+                if looks_like_path(served[0].id):
+                    raise ConfigError(
+                        f"the model server serves its model under the path '{served[0].id}'; "
+                        "Thinkpool names models by their Hugging Face id: pass --model ORG/NAME "
+                        f"(e.g. Qwen/Qwen3-8B) and --backend-model '{served[0].id}', or start "
+                        "the server with --served-model-name ORG/NAME"
+                    )
                 cfg.model = served[0].id
+            _model_is_an_id(cfg.model)
             backend.model = cfg.backend_model or cfg.model
             found = backend.check_model(backend.model)
             revision = revision or found.revision
@@ -202,7 +222,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             from .backends.transformers_local import require_models_extra
 
             require_models_extra()
-            cfg.require_model()
+            _model_is_an_id(cfg.require_model())
         else:
             raise ConfigError(f"unknown backend {cfg.backend!r}: use openai or transformers")
         payload = {
@@ -231,6 +251,19 @@ def cmd_register(args: argparse.Namespace) -> int:
     gpus = ", ".join(g["name"] for g in payload["hardware"]["gpus"]) or "no GPU"  # type: ignore[index]
     print(f"registered node {node['id']} '{args.name}' ({cfg.backend}, {cfg.model}; {gpus})")
     return 0
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "~", "./", "../", "\\")) or "\\" in model
+
+
+def _model_is_an_id(model: str) -> None:
+    """A path is how a backend may load a model, never how Thinkpool names it."""
+    if looks_like_path(model):
+        raise ConfigError(
+            f"--model is the model's Hugging Face id (e.g. Qwen/Qwen3-8B), not a path like "
+            f"'{model}': pass the path as --backend-model and the id as --model"
+        )
 
 
 def _install_signals(stop: Any) -> None:
@@ -328,6 +361,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
     parsed = parse_jsonl(path, journal)
     for err in parsed.errors:
         print(f"skipped {err}", file=sys.stderr)
+    # Samples of this file that an earlier upload already settled are not sent again.
+    earlier = {s.client_id: journal.get(s.client_id) for s in parsed.samples}
     journal.record(parsed.samples)
     with make_http_client() as http:
         server = _server(cfg, http, policy=RetryPolicy(cap_s=cfg.retry_cap_s, max_elapsed_s=600))
@@ -336,16 +371,23 @@ def cmd_upload(args: argparse.Namespace) -> int:
             uploader.flush()
         except (ServerUnreachable, UploadPostponed) as exc:
             print(f"upload postponed: {exc}", file=sys.stderr)
-    # Report on this file's samples (some may have been uploaded by an earlier attempt).
-    states = [journal.get(s.client_id) for s in parsed.samples]
-    done = sum(1 for s in states if s is not None and s.state in ("accepted", "duplicate"))
-    rejected = [s for s in states if s is not None and s.state == "rejected"]
-    waiting = sum(1 for s in states if s is not None and s.state == "pending")
+    # Report on this file's samples (each once, though a line may repeat).
+    states = [s for s in (journal.get(cid) for cid in earlier) if s is not None]
+    before = {cid: s.state for cid, s in earlier.items() if s is not None}
+    done = [s for s in states if s.state in DONE_STATES]
+    # Already on the server: the server said so now, or an earlier upload of this file did.
+    duplicates = sum(
+        1 for s in done if s.state == DUPLICATE or before.get(s.client_id) in DONE_STATES
+    )
+    rejected = [s for s in states if s.state == REJECTED]
+    waiting = sum(1 for s in states if s.state == "pending")
+    journal.close()
     for s in rejected[:20]:
         print(f"rejected {s.client_id}: {s.error_code}: {s.error_message}", file=sys.stderr)
     print(
-        f"{done} uploaded, {len(rejected)} rejected, {len(parsed.errors)} invalid lines "
-        f"({len(parsed.samples)} samples in {path.name})"
+        f"{len(done)} uploaded ({len(done) - duplicates} new, {duplicates} duplicates already "
+        f"on the server), {len(rejected)} rejected, {len(parsed.errors)} invalid lines "
+        f"({len(earlier)} samples in {path.name})"
     )
     if waiting:
         print(
@@ -356,7 +398,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0 if not rejected and not parsed.errors and not waiting else 1
 
 
-# How many of the latest uploads `status` asks the server about.
+# How many of the latest samples `status` asks the server about.
 STATUS_RECENT = 20
 
 
@@ -372,13 +414,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if path.exists():
         journal = Journal(path)
         c = journal.counts()
+        # The journal knows what reached the server, not what the server made of it: that is
+        # what the `samples:` lines below say.
         print(
-            f"journal:  {path}\n          {c['pending']} pending, {c['accepted']} accepted "
-            f"(stored by the server), {c['duplicate']} duplicates, {c['rejected']} rejected"
+            f"journal:  {path}\n          {c['pending']} waiting to upload, {c['accepted']} "
+            f"uploaded, {c['duplicate']} duplicates, {c['rejected']} refused at upload"
         )
-        for s in journal.all("rejected")[-10:]:
-            print(f"          rejected {s.client_id}: {s.error_code}: {s.error_message}")
-        # The latest accepted uploads only (a journal can hold many thousands of samples).
+        for s in journal.all(REJECTED)[-10:]:
+            print(f"          refused {s.client_id}: {s.error_code}: {s.error_message}")
+        # The latest uploads only (a journal can hold many thousands of samples), for a server
+        # too old to list samples.
         latest = journal._rows(
             "WHERE state = ? AND server_id IS NOT NULL ORDER BY created_at DESC, rowid DESC"
             " LIMIT ?",
@@ -394,25 +439,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_judgement(cfg: WorkerConfig, sample_ids: list[str]) -> None:
-    """What the server discloses about this account's samples: counts from /me/, and the
-    latest uploads as the server shows them (correctness only for closed prompts)."""
+    """What the server discloses about this account's samples: counts and top reasons from
+    /me/, and the latest samples as the server shows them (verdicts only for closed prompts)."""
     try:
         with make_http_client(timeout_s=10.0) as http:
             server = _server(cfg, http, policy=NO_RETRY)
             me = _me(server, policy=NO_RETRY)
-            recent = []
-            for sample_id in sample_ids:
-                try:
-                    recent.append(server.get_sample(sample_id))
-                except ApiError as exc:
-                    if isinstance(exc, AuthError):
-                        raise
-                    continue  # e.g. a journal from another server: skip it
+            try:
+                recent = server.list_samples(page_size=STATUS_RECENT, policy=NO_RETRY)
+            except ApiError as exc:
+                if isinstance(exc, AuthError) or exc.status not in (404, 405):
+                    raise
+                recent = _samples_one_by_one(server, sample_ids)  # an older server
     except WorkerError as exc:
         print(f"samples:  could not ask the server: {exc}")
         return
     for line in disclosure_lines(me.get("samples"), recent):
         print(line)
+
+
+def _samples_one_by_one(server: ServerClient, sample_ids: list[str]) -> list[dict[str, Any]]:
+    recent = []
+    for sample_id in sample_ids:
+        try:
+            recent.append(server.get_sample(sample_id))
+        except ApiError as exc:
+            if isinstance(exc, AuthError):
+                raise
+            continue  # e.g. a journal from another server: skip it
+    return recent
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

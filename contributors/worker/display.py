@@ -162,57 +162,91 @@ class Display:
 # --- `thinkpool-worker status`: what the server discloses -------------------------------------
 
 JUDGED = ("verified", "rejected", "error")
+# How an open prompt's sample that passed the gold-free checks is called (older servers said
+# "accepted"; the list endpoint says "awaiting_disclosure").
+AWAITING = ("awaiting_disclosure", "accepted")
+# Per-sample lines `status` prints at most.
+MAX_SAMPLE_LINES = 5
+
+
+def _disclosed(d: dict[str, Any]) -> bool:
+    if "disclosed" in d:
+        return bool(d["disclosed"])
+    return d.get("status") not in AWAITING
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def disclosure_lines(summary: dict[str, Any] | None, recent: list[dict[str, Any]]) -> list[str]:
     """What the server says about the judgement of this account's samples, as `status` prints
-    it. The server discloses correctness only for prompts closed to collection; for open ones
-    a sample is `accepted` (its format, truncation, repetition and language checks pass) or
-    `rejected` by one of those checks, and nothing here claims more than that."""
+    it. The server discloses correctness only for prompts closed to collection (counts, top
+    reasons and per-sample verdicts); for open ones a sample is awaiting disclosure, or
+    rejected by a gold-free check (format, truncation, repetition, language). Nothing here
+    claims more than the server gave."""
     lines: list[str] = []
     if summary:
         closed = summary.get("disclosed") or {}
-        waiting = int(closed.get("received", 0)) + int(closed.get("scoring", 0))
+        judging = _int(closed.get("received")) + _int(closed.get("scoring"))
         lines.append(
-            f"samples:  {summary.get('total', 0)} on the server; "
-            f"{summary.get('awaiting_disclosure', 0)} for open prompts "
-            "(correctness is disclosed when a prompt closes)"
+            f"samples:  {_int(summary.get('total'))} on the server: "
+            + ", ".join(f"{_int(closed.get(status))} {status}" for status in JUDGED)
+            + f", {judging} being judged; {_int(summary.get('awaiting_disclosure'))} awaiting "
+            "disclosure"
         )
         lines.append(
-            "          closed prompts: "
-            + ", ".join(f"{closed.get(status, 0)} {status}" for status in JUDGED)
-            + f", {waiting} being judged"
+            "          (correctness is disclosed once a prompt closes to collection; before "
+            "that, only the text checks: format, truncation, repetition, language)"
         )
-    if recent:
-        still_open = [d for d in recent if not d.get("disclosed")]
-        closed_now = [d for d in recent if d.get("disclosed")]
-        parts = []
-        if still_open:
-            accepted = sum(1 for d in still_open if d.get("status") == "accepted")
-            parts.append(
-                f"{accepted} accepted (checks pass; correctness not disclosed yet), "
-                f"{len(still_open) - accepted} rejected by checks"
-            )
-        if closed_now:
-            by_status = Counter(str(d.get("status")) for d in closed_now)
-            parts.append(
-                "on closed prompts "
-                + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()) if n)
-            )
-        lines.append(f"recent:   last {len(recent)} uploads: " + "; ".join(parts))
-        reasons = Counter(
-            part
-            for d in recent
-            if d.get("status") in JUDGED[1:]
-            for part in str(d.get("status_reason") or "").split("; ")
-            if part
-        )
-        if reasons:
+        top = [
+            r
+            for r in summary.get("top_reasons") or []
+            if isinstance(r, dict) and r.get("reason") and _int(r.get("count"))
+        ]
+        if top:
             lines.append(
                 "          top reasons: "
-                + ", ".join(
-                    f"{reason} ({n})"
-                    for reason, n in sorted(reasons.items(), key=lambda r: (-r[1], r[0]))[:3]
-                )
+                + ", ".join(f"{r['reason']} ({r.get('status')}, {_int(r['count'])})" for r in top)
             )
+        elif recent:
+            # An older server gives no top reasons: count them over the recent disclosed ones.
+            reasons = Counter(
+                (str(d.get("status")), part)
+                for d in recent
+                if _disclosed(d) and d.get("status") in JUDGED[1:]
+                for part in str(d.get("status_reason") or "").split("; ")
+                if part
+            )
+            if reasons:
+                ranked = sorted(reasons.items(), key=lambda r: (-r[1], r[0]))[:5]
+                lines.append(
+                    "          top reasons (recent): "
+                    + ", ".join(f"{reason} ({status}, {n})" for (status, reason), n in ranked)
+                )
+    if recent:
+        still_open = [d for d in recent if not _disclosed(d)]
+        closed_now = [d for d in recent if _disclosed(d)]
+        parts = []
+        if closed_now:
+            by_status = Counter(str(d.get("status")) for d in closed_now)
+            parts.append(", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
+        if still_open:
+            failed = sum(1 for d in still_open if d.get("status") not in AWAITING)
+            parts.append(
+                f"{len(still_open) - failed} awaiting disclosure, {failed} rejected by a text check"
+            )
+        lines.append(f"recent:   last {len(recent)} samples: " + "; ".join(parts))
+        shown = 0
+        for d in recent:
+            if shown >= MAX_SAMPLE_LINES:
+                break
+            status = str(d.get("status"))
+            if status == "verified" or status in AWAITING:
+                continue
+            what = status if _disclosed(d) else f"{status} by a text check"
+            reason = d.get("status_reason") or "no reason given"
+            prompt = d.get("prompt", d.get("prompt_id"))
+            lines.append(f"          sample {d.get('id')} (prompt {prompt}): {what}: {reason}")
+            shown += 1
     return lines

@@ -26,8 +26,11 @@ class ApiError(WorkerError):
         code: str,
         message: str,
         fields: dict[str, object] | None = None,
+        *,
+        text: str | None = None,
     ) -> None:
-        super().__init__(f"the server answered {status} {code}: {message}")
+        # ``text`` replaces the generic line when the caller knows what the contributor should do.
+        super().__init__(text or f"the server answered {status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
@@ -36,6 +39,23 @@ class ApiError(WorkerError):
 
 class AuthError(ApiError):
     """401/403: the token is wrong, revoked, or lacks permission."""
+
+
+def token_refused(server: str, exc: ApiError) -> AuthError:
+    """The one line a contributor sees for a refused token: what the server said, once, and
+    what to do about it (tokens are issued by the server's maintainers)."""
+    if exc.status == 403:
+        text = (
+            f"the server at {server} accepts the token but refuses this account "
+            f"({exc.message}); ask the server's maintainers why"
+        )
+    else:
+        text = (
+            f"the server at {server} refused the token ({exc.status}: {exc.message}); get a new "
+            "token from its maintainers (they run `manage.py issue_token YOUR_NAME`) and run "
+            f"`thinkpool-worker login --server {server} --token tp_...`"
+        )
+    return AuthError(exc.status, exc.code, exc.message, exc.fields, text=text)
 
 
 class UploadPostponed(WorkerError):

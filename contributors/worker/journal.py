@@ -7,6 +7,11 @@ fsync on every commit and cost ~1 ms per batch on a laptop SSD for protection we
 
 A sample's ``client_id`` (UUID4) is chosen here, once, and sent on every upload attempt, so a
 retry after a lost response comes back from the server as a duplicate instead of a second row.
+
+Lease requests work the same way: the key of a request is committed here before the request goes
+out, and every retry sends it again, so the server makes at most one lease per key. A lease whose
+answer never arrived (a timeout, ``kill -9`` between the server's commit and ours) is then still
+traceable: its key is in ``lease_requests`` and the server lists the lease under it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ CREATE TABLE IF NOT EXISTS leases (
     state      TEXT NOT NULL DEFAULT 'open',   -- open | closed
     created_at REAL NOT NULL
 );
+-- Lease requests sent (or about to be) whose answer is not journaled yet: their key, so the
+-- next start can tell a lease this worker asked for from one it never heard of.
+CREATE TABLE IF NOT EXISTS lease_requests (
+    key        TEXT PRIMARY KEY,
+    node_id    TEXT,
+    model      TEXT,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -93,6 +106,10 @@ def _as_id(value: str | None) -> int | str | None:
 
 def new_client_id() -> str:
     return str(uuid.uuid4())
+
+
+def new_lease_key() -> str:
+    return uuid.uuid4().hex
 
 
 class Journal:
@@ -246,6 +263,15 @@ class Journal:
             )
             return cur.rowcount
 
+    def lease_count(self, lease_id: str, state: str) -> int:
+        """How many of a lease's samples are in ``state``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM samples WHERE lease_id = ? AND state = ?",
+                (str(lease_id), state),
+            ).fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state").fetchall()
@@ -255,8 +281,42 @@ class Journal:
 
     # --- leases ----------------------------------------------------------------------------
 
-    def add_lease(self, lease: dict[str, Any], node_id: str | None) -> None:
+    def begin_lease_request(self, node_id: str | None, model: str | None) -> str:
+        """A fresh idempotency key for a lease request, committed before the request is sent."""
+        key = new_lease_key()
         with self._tx() as db:
+            db.execute(
+                "INSERT INTO lease_requests (key, node_id, model, created_at) VALUES (?, ?, ?, ?)",
+                (key, node_id, model, time.time()),
+            )
+        return key
+
+    def drop_lease_request(self, key: str) -> None:
+        """The request is settled without a lease (no work, a refusal, or reconciled)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM lease_requests WHERE key = ?", (key,))
+
+    def lease_requests(self) -> list[str]:
+        """Keys of lease requests whose answer was never journaled, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM lease_requests ORDER BY created_at, rowid"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def lease_states(self) -> dict[str, str]:
+        """Every lease this journal received, by id: ``open`` or ``closed``."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, state FROM leases").fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def add_lease(
+        self, lease: dict[str, Any], node_id: str | None, *, key: str | None = None
+    ) -> None:
+        """Journal a lease received; with ``key``, its request is settled in the same commit."""
+        with self._tx() as db:
+            if key is not None:
+                db.execute("DELETE FROM lease_requests WHERE key = ?", (key,))
             db.execute(
                 "INSERT OR REPLACE INTO leases (id, node_id, model, deadline, payload, state,"
                 " created_at) VALUES (?, ?, ?, ?, ?, 'open', ?)",

@@ -8,6 +8,10 @@ Order of safety: a sample is committed to the journal as soon as its generation 
 anything else happens to it; uploads read from the journal. So a crash loses at most generations
 still in flight, and a restart re-sends whatever was not acknowledged (same client_id: the server
 answers "duplicate" for any it already stored).
+
+Leases the same way: a lease request's key is journaled before it is sent, heartbeats extend only
+the lease being worked on, and a start lists the node's live leases and releases every one this
+run does not hold, so a lease whose answer was lost holds its slots only until the next start.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +34,9 @@ from .errors import (
     ServerUnreachable,
     UploadPostponed,
     WorkerError,
+    token_refused,
 )
-from .journal import Journal, JournalSample, new_client_id
+from .journal import REJECTED, Journal, JournalSample, new_client_id
 from .net import RetryPolicy, ServerClient
 from .uploader import Uploader
 
@@ -127,6 +132,11 @@ class Runner:
         self._lease_lock = threading.Lock()
         self._lease: dict[str, Any] | None = None
         self._deadline: float | None = None
+        # Set by a heartbeat that finds the lease no longer live on the server (expired,
+        # released, unknown): its state. No more of its items are started.
+        self._lease_lost: str | None = None
+        # Samples generated per item of the current lease, to tell what to give back.
+        self._got: Counter[str] = Counter()
         # While running: retry forever (server down for hours is fine), but give up the moment
         # a stop is requested, and wait on the stop event so Ctrl-C interrupts a long back-off.
         self.live_policy = RetryPolicy(
@@ -161,7 +171,8 @@ class Runner:
         return 0
 
     def recover(self) -> None:
-        """Before leasing anything new: upload what a previous run left, release its leases."""
+        """Before leasing anything new: upload what a previous run left, release its leases,
+        then release the node's live leases this worker never recorded (orphans)."""
         pending = self.journal.counts()["pending"]
         if pending:
             log.info("uploading %d samples left by a previous run", pending, extra=_ev("recover"))
@@ -169,13 +180,70 @@ class Runner:
         for lease in self.journal.open_leases():
             lease_id = str(lease["id"])
             try:
-                self.server.release_lease(lease_id, policy=self.live_policy)
-                log.info("released lease %s left open by a previous run", lease_id)
+                answer = self.server.release_lease(lease_id, policy=self.live_policy)
+                log.info(
+                    "released lease %s left open by a previous run: %s unstarted samples back "
+                    "to the pool",
+                    lease_id,
+                    answer.get("released", "?"),
+                    extra=_ev("release", lease=lease_id, released=answer.get("released")),
+                )
             except ApiError as exc:
                 if isinstance(exc, AuthError):
                     raise
                 log.debug("lease %s: %s", lease_id, exc)  # done or expired already
             self.journal.close_lease(lease_id)
+        self.reconcile_leases()
+
+    def reconcile_leases(self) -> int:
+        """Releases the node's live leases this run does not hold; returns how many.
+
+        At start this run holds none, so every live lease of the node is one a previous run
+        left: one whose answer was lost (its key is journaled, the lease is not), one the journal
+        closed while the server still holds part of it, or one the journal never heard of (a
+        deleted journal, an older worker). Journaled keys are settled either way: a key whose
+        lease isn't listed made no lease (or one that has closed since).
+        """
+        asked = set(self.journal.lease_requests())
+        try:
+            live = self.server.list_leases(self.node_id, state="live", policy=self.live_policy)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            # An older server can't list leases: those it holds for us expire on their own.
+            log.warning("cannot list this node's leases to reconcile them (%s)", exc)
+            live = []
+        known = self.journal.lease_states()
+        released = 0
+        for lease in live:
+            lease_id = str(lease["id"])
+            if str(lease.get("state") or "live") != "live":
+                continue
+            if lease.get("key") and lease["key"] in asked:
+                why = "its answer never reached this worker"
+            elif lease_id in known:
+                why = "a previous run had finished with it"
+            else:
+                why = "this worker's journal does not know it"
+            try:
+                answer = self.server.release_lease(lease_id, policy=self.live_policy)
+            except AuthError:
+                raise
+            except ApiError as exc:
+                log.debug("lease %s: %s", lease_id, exc)  # closed meanwhile
+                continue
+            released += 1
+            self.journal.close_lease(lease_id)
+            log.warning(
+                "released lease %s (%s): %s samples back to the pool",
+                lease_id,
+                why,
+                answer.get("released", "?"),
+                extra=_ev("orphan_released", lease=lease_id, released=answer.get("released")),
+            )
+        for key in asked:
+            self.journal.drop_lease_request(key)
+        return released
 
     def _lease_loop(self) -> None:
         batches = 0
@@ -185,14 +253,9 @@ class Runner:
                 log.info("done: %d leases processed (--max-batches)", batches)
                 return
             self.progress.status = "leasing"
-            try:
-                lease = self.server.lease(
-                    self.node_id, self.model, self.opts.max_prompts, policy=self.live_policy
-                )
-            except ServerUnreachable:
-                if self.stopper.stopping:
-                    return
-                raise
+            lease = self.request_lease()
+            if lease is None and self.stopper.stopping:
+                return
             if lease is None or not lease.get("items"):
                 if self.opts.once:
                     log.info("the server has no work for %s; exiting (--once)", self.model)
@@ -206,6 +269,36 @@ class Runner:
             self.process_lease(lease)
             batches += 1
 
+    def request_lease(self, *, again: bool = True) -> dict[str, Any] | None:
+        """Asks for a lease under a key journaled first; None when there is no work (or the
+        run is stopping). The lease is journaled before it is returned."""
+        key = self.journal.begin_lease_request(self.node_id, self.model)
+        try:
+            lease = self.server.lease(
+                self.node_id, self.model, self.opts.max_prompts, policy=self.live_policy, key=key
+            )
+        except ServerUnreachable:
+            # The key stays journaled: the next start asks the server whether it made a lease.
+            if self.stopper.stopping:
+                return None
+            raise
+        except ApiError as exc:
+            if 400 <= exc.status < 500:
+                self.journal.drop_lease_request(key)  # refused: the server stored nothing
+            raise
+        if lease is None:
+            self.journal.drop_lease_request(key)  # 204 stores nothing
+            return None
+        self.journal.add_lease(lease, self.node_id, key=key)
+        state = str(lease.get("state") or "live")
+        if state != "live":
+            # The same key answered a lease that has closed since (a retry across an expiry).
+            # A fresh key can only make a new lease or find no work, so this asks once more.
+            log.info("lease %s is already %s; asking again", lease.get("id"), state)
+            self.journal.close_lease(str(lease["id"]))
+            return self.request_lease(again=False) if again else None
+        return lease
+
     # --- one lease -------------------------------------------------------------------------
 
     def process_lease(self, lease: dict[str, Any]) -> None:
@@ -214,10 +307,11 @@ class Runner:
         # name the backend uses for it (kept in sampling.backend_model).
         model = str(lease.get("model") or self.model)
         items: list[dict[str, Any]] = list(lease["items"])
-        self.journal.add_lease(lease, self.node_id)
         with self._lease_lock:
             self._lease = lease
             self._deadline = parse_deadline(lease.get("deadline"))
+            self._lease_lost = None
+            self._got = Counter()
         self.progress.add(items_leased=len(items))
         self.progress.deadline = lease.get("deadline")
         self.progress.status = f"generating (lease {lease_id})"
@@ -233,7 +327,6 @@ class Runner:
         queue = deque(items[i : i + size] for i in range(0, len(items), size))
         parallel = max(1, min(self.opts.concurrency, self.backend.max_parallel))
         in_flight: dict[Future[None], list[dict[str, Any]]] = {}
-        unfinished = 0
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="generate") as pool:
             while queue or in_flight:
                 while queue and len(in_flight) < parallel and not self._should_stop_starting():
@@ -248,8 +341,8 @@ class Runner:
                     queue.popleft()
                     in_flight[pool.submit(self._generate_unit, lease_id, unit, model)] = unit
                 if queue and (self._should_stop_starting() or not in_flight):
-                    # Stopping, or nothing runs and the next item doesn't fit: leave the rest.
-                    unfinished += sum(len(u) for u in queue)
+                    # Stopping, or nothing runs and the next item doesn't fit: leave the rest
+                    # (what was not generated is counted from the samples recorded, below).
                     queue.clear()
                 if not in_flight:
                     break
@@ -258,19 +351,35 @@ class Runner:
                     unit = in_flight.pop(fut)
                     exc = fut.exception()
                     if exc is not None:
-                        unfinished += len(unit)
                         self._on_generation_error(exc)
         self._wake_uploader.set()
         self._flush(self.live_policy)
-        if unfinished:
-            self._release(lease_id, unfinished)
+        with self._lease_lock:
+            lost, got = self._lease_lost, Counter(self._got)
+        short = {
+            str(it["id"]): _asked(it) - got[str(it["id"])]
+            for it in items
+            if got[str(it["id"])] < _asked(it)
+        }
+        if lost is not None:
+            if short:
+                log.warning(
+                    "lease %s is %s on the server; %d of its items were not generated",
+                    lease_id,
+                    lost,
+                    len(short),
+                )
+        elif short or self.journal.lease_count(lease_id, REJECTED):
+            # Give back what won't come (unstarted, short, or refused at upload) now, rather
+            # than let the server hold it until the deadline.
+            self._release(lease_id, items=len(short), samples=sum(short.values()))
         self.journal.close_lease(lease_id)
         with self._lease_lock:
             self._lease = None
             self._deadline = None
 
     def _should_stop_starting(self) -> bool:
-        return self.stopper.stopping or self.fatal is not None
+        return self.stopper.stopping or self.fatal is not None or self._lease_lost is not None
 
     def _fits_before_deadline(self, items: int) -> bool:
         with self._lease_lock:
@@ -291,14 +400,19 @@ class Runner:
             log.exception("generation failed unexpectedly", exc_info=exc)
             self.fatal = WorkerError(f"generation failed unexpectedly: {exc!r}")
 
-    def _release(self, lease_id: str, unfinished: int) -> None:
+    def _release(self, lease_id: str, *, items: int, samples: int) -> None:
+        """Gives the lease's unfulfilled samples back; ``items``/``samples``: what this worker
+        did not generate (the server's count also covers samples it refused at upload)."""
         try:
             answer = self.server.release_lease(lease_id, policy=self._final_policy())
+            released = answer.get("released")
+            released = released if isinstance(released, int) else samples
             log.info(
-                "released %s unstarted items of lease %s",
-                answer.get("released", unfinished),
+                "released %d unstarted samples (%d items) of lease %s",
+                released,
+                items,
                 lease_id,
-                extra=_ev("release", lease=lease_id),
+                extra=_ev("release", lease=lease_id, samples=released, items=items),
             )
         except (ApiError, ServerUnreachable) as exc:
             if isinstance(exc, AuthError):
@@ -324,6 +438,8 @@ class Runner:
                 gens = gens[:room]
             if gens:
                 self.record(lease_id, unit[i], requests[i], gens, model=model)
+                with self._lease_lock:
+                    self._got[str(unit[i].get("id"))] += len(gens)
             got[i] += len(gens)
 
         started = time.perf_counter()
@@ -377,7 +493,7 @@ class Runner:
         try:
             self.uploader.flush()
         except AuthError as exc:
-            self.fatal = exc
+            self.fatal = token_refused(self.server.base, exc)
             self.stopper.stop("auth")
         except (ServerUnreachable, UploadPostponed) as exc:
             # The samples stay pending: a later flush (or the next start) sends them.
@@ -406,14 +522,50 @@ class Runner:
     def _heartbeat_loop(self) -> None:
         once = RetryPolicy(max_attempts=1)
         while not self.stopper.event.wait(self.opts.heartbeat_interval_s):
-            try:
-                answer = self.server.heartbeat(self.node_id, policy=once)
-                if answer.get("leases_extended"):
-                    self._refresh_deadline(once)
-            except AuthError as exc:
-                log.error("heartbeat refused: %s", exc)
-            except (ApiError, ServerUnreachable) as exc:
-                log.warning("heartbeat failed: %s", exc)
+            self.heartbeat(once)
+
+    def heartbeat(self, policy: RetryPolicy) -> None:
+        """One heartbeat naming the lease being worked on (none between leases), and what the
+        server says of it: a new deadline, or that it is no longer live."""
+        with self._lease_lock:
+            lease = self._lease
+        held = [str(lease["id"])] if lease is not None else []
+        try:
+            answer = self.server.heartbeat(self.node_id, held, policy=policy)
+            if lease is not None:
+                self._apply_heartbeat(lease, answer, policy)
+        except AuthError as exc:
+            log.error("heartbeat refused: %s", exc)
+        except (ApiError, ServerUnreachable) as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _apply_heartbeat(
+        self, lease: dict[str, Any], answer: dict[str, Any], policy: RetryPolicy
+    ) -> None:
+        states = answer.get("leases")
+        if not isinstance(states, list):
+            # An older server: it extended every live lease of the node; ask for the deadline.
+            if answer.get("leases_extended"):
+                self._refresh_deadline(policy)
+            return
+        lease_id = str(lease["id"])
+        mine = next(
+            (x for x in states if isinstance(x, dict) and str(x.get("id")) == lease_id), None
+        )
+        # Left out of the answer: the server doesn't know the lease (for this node).
+        state = "unknown" if mine is None else str(mine.get("state") or "live")
+        with self._lease_lock:
+            if self._lease is not lease:
+                return  # finished meanwhile
+            if state != "live":
+                self._lease_lost = state
+            elif mine is not None and (deadline := parse_deadline(mine.get("deadline"))):
+                self._deadline = deadline
+                self.progress.deadline = mine.get("deadline")
+        if state not in ("live", "done"):  # done: every sample is in, nothing was left
+            log.warning(
+                "lease %s is %s on the server: no more of its items are started", lease_id, state
+            )
 
     def _refresh_deadline(self, policy: RetryPolicy) -> None:
         with self._lease_lock:
@@ -428,6 +580,11 @@ class Runner:
                 self.progress.deadline = fresh.get("deadline")
 
 
+def _asked(item: dict[str, Any]) -> int:
+    """Samples an item asks for."""
+    return int((item.get("sampling") or {}).get("n", 1))
+
+
 def _request_for(item: dict[str, Any]) -> GenRequest:
     sampling = item.get("sampling") or {}
     prompt = item.get("prompt") or {}
@@ -438,6 +595,13 @@ def _request_for(item: dict[str, Any]) -> GenRequest:
         max_tokens=int(sampling.get("max_tokens", 1024)),
         n=int(sampling.get("n", 1)),
     )
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (a backend that split a UTF-16 pair, or
+    decoded bytes with surrogateescape) becomes U+FFFD, and a split pair is joined again. The
+    server refuses a whole request that holds one, so a journaled sample must never carry it."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def sample_payload(
@@ -460,8 +624,8 @@ def sample_payload(
         sampling["backend_model"] = g.model
     sampling.update(g.extra)
     return {
-        "completion": g.completion,
-        "reasoning": g.reasoning,
+        "completion": valid_text(g.completion),
+        "reasoning": None if g.reasoning is None else valid_text(g.reasoning),
         "model": model,
         "model_revision": g.model_revision,
         "sampling": sampling,

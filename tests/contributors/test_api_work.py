@@ -32,6 +32,7 @@ def test_me_answers_with_the_token_owner_and_the_servers_limits(api, settings):
         "total": 0,
         "awaiting_disclosure": 0,
         "disclosed": {"received": 0, "scoring": 0, "verified": 0, "rejected": 0, "error": 0},
+        "top_reasons": [],
     }
 
 
@@ -54,9 +55,11 @@ def test_register_node_then_reregister_keeps_the_id(api, user):
     assert len(ComputeNode.objects.get(owner=user).models_served) == 2
 
 
-def test_heartbeat_extends_live_leases(api, node, lease):
+def test_heartbeat_extends_the_live_leases_it_names(api, node, lease):
     Lease.objects.filter(pk=lease["id"]).update(deadline=timezone.now() + timedelta(seconds=30))
-    response = api.post(f"/api/v1/nodes/{node.pk}/heartbeat/", {}, format="json")
+    response = api.post(
+        f"/api/v1/nodes/{node.pk}/heartbeat/", {"leases": [lease["id"]]}, format="json"
+    )
     assert response.status_code == 200
     assert response.json()["leases_extended"] == 1
     assert Lease.objects.get(pk=lease["id"]).deadline > timezone.now() + timedelta(minutes=50)
@@ -213,7 +216,9 @@ def test_heartbeats_cannot_keep_a_lease_forever(api, node, lease, settings):
         created_at=created, deadline=now + timedelta(seconds=5)
     )
     assert (
-        api.post(f"/api/v1/nodes/{node.pk}/heartbeat/", {}, format="json").json()["leases_extended"]
+        api.post(
+            f"/api/v1/nodes/{node.pk}/heartbeat/", {"leases": [lease["id"]]}, format="json"
+        ).json()["leases_extended"]
         == 1
     )
     # Extended to the lifetime's end (10 s away), not by a whole lease length (an hour).

@@ -157,3 +157,41 @@ def test_concurrent_lease_requests_cannot_pass_the_per_node_cap_together(setting
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(codes) == [201, 201] + [409] * 8
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_with_one_key_make_one_lease():
+    """A client that retries a lease request (its answer was lost) while the first is still
+    running: every answer names the same lease, and the slots are booked once."""
+    from contributors.models import Lease
+
+    prompt_set = PromptSetFactory(samples_per_prompt=2)
+    PromptFactory.create_batch(20, prompt_set=prompt_set)
+    user = UserFactory(username="retrier")
+    node = NodeFactory(owner=user)
+    answers: list[tuple[int, int]] = []
+    barrier = threading.Barrier(8)
+
+    def ask() -> None:
+        try:
+            api = client_for(user)
+            barrier.wait()
+            response = api.post(
+                "/api/v1/leases/",
+                {"node": node.pk, "model": "org/model-a", "max_prompts": 5, "key": "once"},
+                format="json",
+            )
+            answers.append((response.status_code, response.json()["id"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _ in answers) == [200] * 7 + [201]
+    assert len({lease_id for _, lease_id in answers}) == 1
+    assert Lease.objects.count() == 1
+    assert sum(Slot.objects.values_list("outstanding", flat=True)) == 10

@@ -292,6 +292,7 @@ def test_closing_the_prompt_discloses_the_real_verdicts(api, math_prompt, client
         "total": 2,
         "awaiting_disclosure": 0,
         "disclosed": {"received": 0, "scoring": 0, "verified": 1, "rejected": 1, "error": 0},
+        "top_reasons": [{"status": "rejected", "reason": "math: fail", "count": 1}],
     }
     assert stats(client)["samples_by_status"]["verified"] == 1
     # Closing again keeps the first date.

@@ -17,9 +17,9 @@ def test_a_real_worker_expires_overdue_leases_and_frees_their_slots(start_worker
     prompt_set = PromptSetFactory(samples_per_prompt=2)
     PromptFactory.create_batch(3, prompt_set=prompt_set)
     node = NodeFactory()
-    lease = create_lease(node=node, model="org/model-a", max_prompts=3)
+    lease, _ = create_lease(node=node, model="org/model-a", max_prompts=3)
     assert lease is not None
-    keep = create_lease(node=NodeFactory(), model="org/model-a", max_prompts=3)
+    keep, _ = create_lease(node=NodeFactory(), model="org/model-a", max_prompts=3)
     assert keep is None  # everything is out on the first lease
     Lease.objects.filter(pk=lease.pk).update(deadline=timezone.now() - timedelta(seconds=5))
 

@@ -249,9 +249,13 @@ def test_samples_that_run_code_go_to_the_sandbox_queue_whatever_their_domain(
     from scoring import tasks
 
     sent: dict[str, list[int]] = {"verify": [], "sandbox": []}
-    monkeypatch.setattr(tasks.score_samples, "delay", lambda ids, r: sent["verify"].extend(ids))
     monkeypatch.setattr(
-        tasks.score_code_samples, "delay", lambda ids, r: sent["sandbox"].extend(ids)
+        tasks.score_samples, "apply_async", lambda args, **kw: sent["verify"].extend(args[0])
+    )
+    monkeypatch.setattr(
+        tasks.score_code_samples,
+        "apply_async",
+        lambda args, **kw: sent["sandbox"].extend(args[0]),
     )
     plain = make_sample()
     code_set = PromptSetFactory(domain="code")

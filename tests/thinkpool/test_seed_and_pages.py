@@ -15,6 +15,7 @@ pytestmark = pytest.mark.django_db
 
 def seed(settings, tmp_path) -> dict:
     settings.VAR_DIR = tmp_path
+    settings.DEBUG = True  # seed_demo refuses to run without it
     out = StringIO()
     call_command("seed_demo", "--prompts", "30", stdout=out)
     return json.loads(out.getvalue())

@@ -85,7 +85,8 @@ def test_login_bad_token(http_server, capsys):
     )
     assert main(["login", "--server", url, "--token", "tp_bad"]) == 1
     err = one_line(capsys)
-    assert "rejected the token" in err and "Invalid or revoked token." in err
+    assert f"the server at {url} refused the token (401: Invalid or revoked token.)" in err
+    assert "authentication_failed" not in err  # the server's code is not what people act on
     assert not cfgmod.config_path().exists()  # nothing saved
 
 

@@ -92,18 +92,35 @@ def test_openai_backend_with_transformers_serve(
     assert any(s.reasoning for s in server_samples(tp.user))
 
     status = w.ok("status").stdout
-    assert "0 pending, 6 accepted" in status
+    assert "0 waiting to upload, 6 uploaded, 0 duplicates, 0 refused at upload" in status
+    # Scoring has not run (no Celery worker here) and the prompts are open: nothing is claimed.
+    assert "samples:  6 on the server: 0 verified, 0 rejected, 0 error" in status
+    assert "; 6 awaiting disclosure" in status
 
 
 def test_inprocess_transformers_backend(live_server, tiny_model, make_worker):
     tp = make_thinkpool(live_server, prompts=3, spp=2, max_tokens=40)
     w = make_worker(tp.url, tp.token)
     w.login()
-    w.ok("register", "--name", "cpu-box", "--backend", "transformers", "--model", str(tiny_model))
+    # A path is how the backend loads the model, never how Thinkpool names it.
+    bad = w.run("register", "--name", "cpu-box", "--backend", "transformers", "--model", "./tiny")
+    assert bad.returncode == 2
+    assert "pass the path as --backend-model and the id as --model" in bad.stderr
+    w.ok(
+        "register",
+        "--name",
+        "cpu-box",
+        "--backend",
+        "transformers",
+        "--model",
+        SERVED_NAME,
+        "--backend-model",
+        str(tiny_model),
+    )
     w.ok("run", "--once", "--batch-size", "3")
     assert_exactly_once(w, tp, 6)
     for s in server_samples(tp.user):
-        assert s.model == str(tiny_model)
+        assert s.model == SERVED_NAME and s.sampling["backend_model"] == str(tiny_model)
         assert s.sampling["device"] == "cpu" and s.sampling["dtype"] == "float32"
         assert s.temperature == 0.7
         assert (s.finish_reason == "length") == (s.completion_tokens == 40)
@@ -131,7 +148,9 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
     assert ids_at_kill <= {str(s.client_id) for s in server_samples(tp.user)}
 
 
-def test_offline_jsonl_upload_is_idempotent(live_server, make_worker, tmp_path):
+def test_offline_jsonl_upload_is_idempotent_and_counts_duplicates(
+    live_server, make_worker, tmp_path
+):
     tp = make_thinkpool(live_server, prompts=2, spp=2)
     w = make_worker(tp.url, tp.token)
     w.login()
@@ -155,7 +174,10 @@ def test_offline_jsonl_upload_is_idempotent(live_server, make_worker, tmp_path):
 
     first = w.run("upload", str(path))
     assert first.returncode == 1  # one invalid line, one rejection: reported, not fatal
-    assert "2 uploaded, 1 rejected, 1 invalid lines" in first.stdout
+    assert (
+        "2 uploaded (2 new, 0 duplicates already on the server), 1 rejected, 1 invalid lines "
+        "(3 samples in batch.jsonl)"
+    ) in first.stdout
     assert "batch.jsonl:3: missing model, finish_reason, sampling.temperature" in first.stderr
     assert "unknown_prompt" in first.stderr
     rows = server_samples(tp.user)
@@ -167,7 +189,13 @@ def test_offline_jsonl_upload_is_idempotent(live_server, make_worker, tmp_path):
     assert all(s.model == "vllm/batch-model" and s.model_revision == "abc123" for s in rows)
 
     again = w.run("upload", str(path))  # same file again: content-derived ids, no new rows
-    assert "2 uploaded" in again.stdout
+    assert "2 uploaded (0 new, 2 duplicates already on the server)" in again.stdout
+    assert len(server_samples(tp.user)) == 2
+    # From another machine (a journal that never saw the file): the server says duplicate.
+    elsewhere = make_worker(tp.url, tp.token, name="elsewhere")
+    elsewhere.login()
+    third = elsewhere.run("upload", str(path))
+    assert "2 uploaded (0 new, 2 duplicates already on the server), 1 rejected" in third.stdout
     assert len(server_samples(tp.user)) == 2
 
 
@@ -221,3 +249,12 @@ def test_graceful_stop_uploads_and_releases(
     slots = Slot.objects.filter(prompt_set=tp.prompt_set)
     assert sum(s.outstanding for s in slots) == 0  # unstarted items went back to the pool
     assert sum(s.filled for s in slots) == len(rows)
+    # The log counts what went back as the server did: samples, and the items they belong to.
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    release = [e for e in events if e["event"] == "release"]
+    assert len(release) == 1
+    returned = [i.returned for i in lease.items.all() if i.returned]
+    assert (release[0]["samples"], release[0]["items"]) == (sum(returned), len(returned))
+    assert release[0]["message"] == (
+        f"released {sum(returned)} unstarted samples ({len(returned)} items) of lease {lease.pk}"
+    )

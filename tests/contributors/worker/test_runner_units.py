@@ -55,3 +55,12 @@ def test_sample_payload_records_provenance_and_keeps_backend_id():
     assert (p["finish_reason"], p["prompt_tokens"], p["completion_tokens"]) == ("stop", 12, 30)
     same = sample_payload("qwen3:8b", {}, req, g)
     assert "backend_model" not in same["sampling"]
+
+
+def test_lone_surrogates_never_reach_the_journal():
+    from contributors.worker.runner import valid_text
+
+    assert valid_text("ok \ud800 end") == "ok \ufffd end"
+    assert valid_text("\ud83d\ude00") == "\U0001f600"  # a split pair is joined again
+    assert valid_text("plain ü 😀") == "plain ü 😀"
+    valid_text("x\udfff").encode("utf-8")  # encodable: no UnicodeEncodeError

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from contributors.models import ApiToken, Bounty
@@ -30,6 +30,14 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, **opts: Any) -> None:
+        if not settings.DEBUG:
+            # The demo superuser's password is public (README, `make run`'s banner): on a
+            # server reachable by anyone it would be the admin's front door.
+            raise CommandError(
+                "seed_demo creates the superuser admin with a well-known password, so it runs "
+                "only with DEBUG=1 (development). On a real deployment create the admin with "
+                "`manage.py createsuperuser`."
+            )
         User = get_user_model()
         admin_password = os.environ.get("THINKPOOL_DEMO_ADMIN_PASSWORD", "thinkpool")
         admin, created = User.objects.get_or_create(  # created: set the demo password once
