@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 DEFAULT_INSTRUCTION = (
     "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -258,10 +259,6 @@ class Sample(models.Model):
     claim_key = models.CharField(max_length=64, blank=True)
     # A transient verifier error is judged again, with back-off, from this time on.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # When its last scoring message reached the broker; empty while none has (just stored, the
-    # broker was down, or the sweepers put it back). A `received` sample left empty for a
-    # minute is queued again (pipeline.unqueued_sample_ids), not after SWEEP_AFTER_S.
-    queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -269,17 +266,37 @@ class Sample(models.Model):
             models.Index(fields=["prompt", "model", "temperature"]),
             models.Index(fields=["contributor", "-received_at"]),
             models.Index(fields=["status", "next_attempt_at"]),
-            # The minute sweep's samples that never reached the broker: a handful of rows,
-            # however long the queue.
-            models.Index(
-                fields=["status_changed_at"],
-                condition=Q(status="received", queued_at__isnull=True),
-                name="sample_unqueued_idx",
-            ),
         ]
 
     def __str__(self) -> str:
         return str(self.client_id)
+
+
+class ScoringOutbox(models.Model):
+    """One scoring message not yet known to have reached the broker (a transactional outbox).
+
+    An upload writes its rows in its own transaction, so they commit with its samples or not
+    at all; on commit each row is published and deleted (scoring.tasks.enqueue_on_commit). A
+    row that outlives that (the broker was away, the process died between commit and publish)
+    is published by the minute sweep once it is tasks.UNQUEUED_AFTER_S old. Samples are never
+    rewritten to say they were queued: a row here is the whole record, and the table holds
+    only messages in flight or undelivered, a handful of rows however many samples there are.
+    """
+
+    sample_ids = models.JSONField(help_text="Ids of one message, at most tasks.QUEUE_CHUNK.")
+    # Which task takes them: the sandbox's queue (score_code_samples) or the cheap verifiers'.
+    sandbox = models.BooleanField(default=False)
+    rescore = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "scoring outbox message"
+
+    def __str__(self) -> str:
+        queue = "sandbox" if self.sandbox else "verify"
+        return (
+            f"{len(self.sample_ids)} samples for {queue} since {self.created_at:%Y-%m-%d %H:%M:%S}"
+        )
 
 
 class VerdictStatus(models.TextChoices):

@@ -69,11 +69,6 @@ RETRY_MAX_S = 3600
 
 POISON_PREFIX = "poison: "
 
-# A `received` sample whose scoring message never reached the broker (Sample.queued_at empty:
-# the broker was down at commit, or the process died before publishing) is queued again by the
-# minute sweep once it has waited this long. Queued or claimed samples wait for SWEEP_AFTER_S.
-UNQUEUED_AFTER_S = 60
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -106,7 +101,8 @@ def claim(*, sample_id: int, claim_key: str, rescore: bool = False) -> Claim | N
     Claimable: a `received` sample; a `scoring` sample held by this same key (a retry or a
     redelivery of the task whose run was cut short); a `scoring` sample stale beyond the sweep
     window (its task died with its worker and no redelivery came). A `scoring` sample freshly
-    held by another key is not: a duplicate message must not run the sandbox twice. With
+    held by another key is not: a duplicate message (the outbox's sweep may send a message
+    twice) must not run the sandbox twice, and a settled sample is not claimed again. With
     `rescore`, a settled sample is claimed too, as a new judgement (its attempts start over),
     unless this same key settled it (a retry of a rescore judges nothing twice).
 
@@ -418,31 +414,10 @@ def give_up(*, sample_id: int, claim_key: str, error: BaseException) -> bool:
     )
 
 
-def unqueued_sample_ids(*, limit: int = 5000) -> list[int]:
-    """`received` samples whose scoring message never reached the broker (no `queued_at`),
-    waiting UNQUEUED_AFTER_S or more: the broker was down when they were stored, or the
-    process died before it published. Their clock is reset, so the next minute's sweep leaves
-    them alone while this one's message is on its way; if it cannot be sent either, they are
-    found again a minute later."""
-    now = timezone.now()
-    lost = Sample.objects.filter(
-        status=SampleStatus.RECEIVED,
-        queued_at__isnull=True,
-        status_changed_at__lt=now - timedelta(seconds=UNQUEUED_AFTER_S),
-        quarantined=False,
-    )
-    ids = list(lost.order_by("status_changed_at", "pk").values_list("pk", flat=True)[:limit])
-    if ids:
-        lost.filter(pk__in=ids).update(status_changed_at=now)
-    return ids
-
-
 def _move_back(candidates: QuerySet[Sample], ids: list[int], **fields: Any) -> list[int]:
     """Puts the `ids` that still match `candidates` back to `received` with `fields`; returns
     them. They are locked first, so the old statuses read are the ones changed (for the
-    counters), and a task that claimed one meanwhile keeps it. `queued_at` is cleared with
-    the same write: if the message sent next never reaches the broker, the minute sweep
-    finds the sample."""
+    counters), and a task that claimed one meanwhile keeps it."""
     with transaction.atomic():
         rows = list(
             candidates.filter(pk__in=ids)
@@ -452,9 +427,7 @@ def _move_back(candidates: QuerySet[Sample], ids: list[int], **fields: Any) -> l
         )
         moved = [pk for pk, _ in rows]
         if moved:
-            Sample.objects.filter(pk__in=moved).update(
-                status=SampleStatus.RECEIVED, queued_at=None, **fields
-            )
+            Sample.objects.filter(pk__in=moved).update(status=SampleStatus.RECEIVED, **fields)
             _count_moves([(pk, old, SampleStatus.RECEIVED) for pk, old in rows])
     return moved
 

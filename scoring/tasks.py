@@ -18,25 +18,32 @@ Failure paths of a scoring task, and where each sample of its chunk ends up:
   filesystem broker, or before Redis's visibility timeout): the sweeper re-queues samples stuck
   beyond SWEEP_AFTER_S, which scoring/checks.py keeps longer than any task's time limit.
 
-And before a task runs: a message that never reached the broker (it was down when the upload
-committed, or the web process died first) leaves its samples without `Sample.queued_at`; the
-same minute sweep queues them again after pipeline.UNQUEUED_AFTER_S, not after SWEEP_AFTER_S.
+And before a task runs: a message that never reached the broker. Uploads queue scoring through
+a transactional outbox (`enqueue_on_commit`): a ScoringOutbox row per message, written in the
+upload's transaction and deleted once the message is published on commit. The broker was down,
+or the web process died between commit and publish: the row stays, and the minute sweep
+publishes it once it is UNQUEUED_AFTER_S old (`publish_outbox`), not after SWEEP_AFTER_S. A
+direct publish (`queue_scoring`: sweeps, the admin, rescore) that fails writes the same rows.
+Sample rows are never rewritten to record that they were queued.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from django.db import transaction
 from django.utils import timezone
 
 from scoring import pipeline
-from scoring.models import Domain, PromptSet, Sample
+from scoring.models import Domain, PromptSet, Sample, ScoringOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +54,24 @@ QUEUE_CHUNK = 64
 # Publishing a chunk tries the broker twice at most, at once (the second try opens a fresh
 # connection, which mends one that a broker restart closed): an upload's request must not
 # wait on a broker that is away. Each try is bounded by the socket timeouts that
-# thinkpool/celery.py sets. Samples not sent are found by the minute sweep.
+# thinkpool/celery.py sets. Messages not sent stay in the outbox for the minute sweep.
 PUBLISH_RETRY_POLICY = {
     "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0,
     "interval_max": 0,
 }
+
+# An outbox row this old was not published on commit (broker away, process killed): the minute
+# sweep publishes it. Longer than any publish on commit may take (two tries, each bounded by
+# the transport timeouts of thinkpool/celery.py), so the sweep rarely races one in flight;
+# when it does, the second message is harmless (see `publish_outbox`).
+UNQUEUED_AFTER_S = 60
+# The sweep takes outbox rows in batches of this many (one transaction, rows locked, each
+# published and the sent ones deleted), and starts no new batch after this long: a backlog
+# left by a long outage drains over a few sweeps, well inside the task's time limit.
+OUTBOX_BATCH = 100
+OUTBOX_BUDGET_S = 120
 
 # Retries of a chunk (soft time limit, database errors): exponential with full jitter, at most
 # this long apart.
@@ -157,66 +175,156 @@ def _score_all(task: Task, sample_ids: list[int], rescore: bool) -> int:
     name="scoring.sweep_stuck_samples", queue="maintenance", acks_late=True, time_limit=300
 )
 def sweep_stuck_samples() -> int:
-    """Every minute (beat): samples whose message never reached the broker (after a minute),
+    """Every minute (beat): outbox messages that never reached the broker (after a minute),
     samples stuck before a verdict (after SWEEP_AFTER_S), and samples whose transient error is
-    due for another try are queued for scoring again."""
-    # Unqueued first: it resets their clocks, so the stuck sweep does not take them twice.
-    unqueued = pipeline.unqueued_sample_ids()
+    due for another try are queued for scoring. Returns how many samples it sent or found."""
+    unsent = publish_outbox()
     stuck = pipeline.stuck_sample_ids()
     due = pipeline.due_retry_ids()
-    queue_scoring(unqueued + stuck + due)
-    if unqueued:
-        logger.info("re-queued %d samples whose message never reached the broker", len(unqueued))
+    queue_scoring(stuck + due)
+    if unsent:
+        logger.info("queued %d samples whose message had not reached the broker", unsent)
     if stuck:
         logger.info("re-queued %d samples stuck before a verdict", len(stuck))
     if due:
         logger.info("re-queued %d samples whose verifier error is due for another try", len(due))
-    return len(unqueued) + len(stuck) + len(due)
+    return unsent + len(stuck) + len(due)
+
+
+def enqueue_on_commit(
+    sample_ids: Sequence[int], *, sandbox_ids: Iterable[int] | None = None, rescore: bool = False
+) -> None:
+    """Queues scoring of `sample_ids` once the caller's transaction commits: call it inside
+    the transaction that stores them (outside one, it publishes at once).
+
+    Writes one ScoringOutbox row per message (QUEUE_CHUNK ids, one queue) in the transaction,
+    in one INSERT: the rows commit with the samples or not at all. On commit they are
+    published and deleted (one DELETE), and nothing else is written: no sample row is
+    touched. If the broker is away, or the process dies before it publishes, the rows stay
+    and the minute sweep publishes them (`publish_outbox`).
+
+    `sandbox_ids`: those of `sample_ids` that go to the sandbox's queue, when the caller
+    knows (an upload does, per prompt set: `runs_code(set.domain, set.verifier_config)`);
+    ids in it that are not in `sample_ids` are ignored. None: read from the database."""
+    ids = list(dict.fromkeys(sample_ids))
+    if not ids:
+        return
+    if sandbox_ids is None:
+        messages = _messages(ids, rescore=rescore)
+    else:
+        code = set(sandbox_ids)
+        messages = _chunked(
+            [pk for pk in ids if pk not in code], [pk for pk in ids if pk in code], rescore=rescore
+        )
+    rows = ScoringOutbox.objects.bulk_create(messages)
+    transaction.on_commit(lambda: _send_and_delete(rows))
 
 
 def queue_scoring(sample_ids: Sequence[int], *, rescore: bool = False) -> int:
-    """Sends ids to the scoring queues; returns how many were sent. Never raises: an upload
-    calls it on commit, and its samples are stored whatever happens here.
+    """Sends ids to the scoring queues now; returns how many were sent. Never raises. For
+    samples already stored (the sweeps, the admin's requeue, rescore); an upload uses
+    `enqueue_on_commit`.
 
-    A chunk whose message reached the broker gets `queued_at` (one UPDATE per chunk). Once a
-    publish fails, the rest of the call sends nothing more (the broker is away: no request
-    waits on it twice) and every sample not sent is left without `queued_at`, so the minute
-    sweep (pipeline.unqueued_sample_ids) queues them once the broker is back."""
+    Once a publish fails, the call sends nothing more (the broker is away: nobody waits on it
+    twice), and the messages not sent are written to the outbox, which the minute sweep
+    publishes once the broker is back."""
     ids = list(dict.fromkeys(sample_ids))
     if not ids:
         return 0
     try:
-        batches = _batches(ids)
+        messages = _messages(ids, rescore=rescore)
     except Exception:
         logger.exception("could not read %d samples to queue; the sweeper will", len(ids))
         return 0
-    sent = 0
-    unsent: list[int] = []
-    for task, chunk in batches:
-        if unsent:
-            unsent.extend(chunk)
-            continue
+    sent = _publish(messages)
+    unsent = messages[len(sent) :]
+    if unsent:
         try:
-            task.apply_async(args=(chunk, rescore), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            ScoringOutbox.objects.bulk_create(unsent)
+        except Exception:
+            # The database is away too: the samples wait for the SWEEP_AFTER_S sweep.
+            logger.exception("could not keep %d unsent scoring messages", len(unsent))
+    return _count(sent)
+
+
+def publish_outbox(*, older_than_s: float = UNQUEUED_AFTER_S, batch: int = OUTBOX_BATCH) -> int:
+    """Publishes outbox rows older than `older_than_s` and deletes those sent; returns how
+    many samples they held. Stops at the first publish that fails (the broker is away: the
+    rows stay for the next minute) and after OUTBOX_BUDGET_S.
+
+    Rows are taken with FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite's transactions take
+    turns): a second sweeper skips the rows the first one holds, so the two do not both send
+    them. A second message for the same samples is harmless anyway (a sweeper killed between
+    publish and commit, a publish on commit slower than a minute): its task has another id, so
+    it does not claim a sample that the first one holds, nor one already settled
+    (pipeline.claim); at most it claims a `received` sample first, and the other leaves it."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    deadline = time.monotonic() + OUTBOX_BUDGET_S
+    total = 0
+    while time.monotonic() < deadline:
+        with transaction.atomic():
+            rows = list(
+                ScoringOutbox.objects.select_for_update(skip_locked=True)
+                .filter(created_at__lt=cutoff)
+                .order_by("created_at", "pk")[:batch]
+            )
+            sent = _publish(rows)
+            if sent:
+                _delete(sent)
+        total += _count(sent)
+        if len(sent) < batch:  # the last batch, or the broker is away
+            break
+    return total
+
+
+def _send_and_delete(rows: list[ScoringOutbox]) -> None:
+    """On commit of an upload: publishes its outbox rows; deletes those sent."""
+    sent = _publish(rows)
+    if sent:
+        try:
+            _delete(sent)
+        except Exception:
+            # Sent, yet the row stays: the minute sweep sends it again, which is harmless.
+            logger.exception("could not delete %d sent outbox rows", len(sent))
+
+
+def _publish(messages: list[ScoringOutbox]) -> list[ScoringOutbox]:
+    """Publishes each message in order; returns those sent. Stops at the first failure."""
+    for done, message in enumerate(messages):
+        task = score_code_samples if message.sandbox else score_samples
+        try:
+            task.apply_async(
+                args=(list(message.sample_ids), message.rescore),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
         except Exception as exc:
             logger.error(
-                "could not queue %d samples for scoring (%s: %s); those waiting for a verdict "
-                "are queued again by the minute sweep",
-                len(ids) - sent,
+                "could not queue %d samples for scoring (%s: %s); their outbox messages are "
+                "sent by the minute sweep",
+                _count(messages[done:]),
                 type(exc).__name__,
                 exc,
             )
-            unsent.extend(chunk)
-            continue
-        sent += len(chunk)
-        _mark_queued(chunk, timezone.now())
-    if unsent:
-        _mark_queued(unsent, None)
-    return sent
+            return messages[:done]
+    return messages
 
 
-def _batches(ids: list[int]) -> list[tuple[Any, list[int]]]:
-    """(task, chunk of ids) in the order of `ids`: the sandbox's samples to its own queue."""
+def _delete(rows: list[ScoringOutbox]) -> None:
+    # One statement, no transaction of its own (QuerySet.delete() would add one): the
+    # happy path of an upload pays one DELETE by primary key for its scoring.
+    ScoringOutbox.objects.filter(pk__in=[row.pk for row in rows])._raw_delete(
+        ScoringOutbox.objects.db
+    )
+
+
+def _count(messages: list[ScoringOutbox]) -> int:
+    return sum(len(message.sample_ids) for message in messages)
+
+
+def _messages(ids: list[int], *, rescore: bool) -> list[ScoringOutbox]:
+    """The messages (unsaved outbox rows) that queue `ids`, in their order: the sandbox's
+    samples to its own queue. Ids of samples that no longer exist are left out."""
     rows = list(Sample.objects.filter(pk__in=ids).values_list("pk", "prompt__prompt_set_id"))
     sets = {
         pk: runs_code(domain, config)
@@ -226,20 +334,16 @@ def _batches(ids: list[int]) -> list[tuple[Any, list[int]]]:
     }
     code_ids = {pk for pk, set_id in rows if sets[set_id]}
     known = {pk for pk, _ in rows}
-    batches: list[tuple[Any, list[int]]] = []
-    for task, wanted in (
-        (score_samples, [pk for pk in ids if pk in known and pk not in code_ids]),
-        (score_code_samples, [pk for pk in ids if pk in code_ids]),
-    ):
-        for start in range(0, len(wanted), QUEUE_CHUNK):
-            batches.append((task, wanted[start : start + QUEUE_CHUNK]))
-    return batches
+    return _chunked(
+        [pk for pk in ids if pk in known and pk not in code_ids],
+        [pk for pk in ids if pk in code_ids],
+        rescore=rescore,
+    )
 
 
-def _mark_queued(ids: list[int], at: Any) -> None:
-    try:
-        Sample.objects.filter(pk__in=ids).update(queued_at=at)
-    except Exception:
-        # Sent but not marked: the minute sweep sends them again, and the second message
-        # finds them claimed or settled (claims are keyed by task id).
-        logger.exception("could not mark %d samples queued", len(ids))
+def _chunked(plain: list[int], code: list[int], *, rescore: bool) -> list[ScoringOutbox]:
+    return [
+        ScoringOutbox(sample_ids=ids[start : start + QUEUE_CHUNK], sandbox=sandbox, rescore=rescore)
+        for sandbox, ids in ((False, plain), (True, code))
+        for start in range(0, len(ids), QUEUE_CHUNK)
+    ]

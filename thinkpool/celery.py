@@ -22,16 +22,18 @@ app.conf.task_queues = [
 ]
 app.conf.beat_schedule = {
     "expire-overdue-leases": {"task": "contributors.expire_overdue_leases", "schedule": 30.0},
-    # Also re-queues samples whose message never reached the broker (after a minute: a broker
-    # outage costs a minute or two, not SWEEP_AFTER_S) and samples whose transient verifier
-    # error is due for another try.
+    # Also publishes the scoring outbox's messages that never reached the broker (after a
+    # minute: a broker outage, or a web process killed between commit and publish, costs a
+    # minute or two, not SWEEP_AFTER_S) and re-queues samples whose transient verifier error
+    # is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
 }
 app.autodiscover_tasks(["contributors", "scoring"])
 
 # Every wait on a Redis broker is bounded. Without these, a publish to a Redis that accepts
 # connections but never answers (a hung server, a half-open connection after a failover) waits
-# for ever, and an upload's request with it (scoring.tasks.queue_scoring publishes on commit).
+# for ever, and an upload's request with it (scoring.tasks.enqueue_on_commit publishes on
+# commit; what it cannot send stays in the outbox for the minute sweep).
 # The worker's consumer is unaffected (its reads are driven by the event loop; kombu checks
 # that connection itself). Settings' CELERY_BROKER_TRANSPORT_OPTIONS may override each.
 REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}

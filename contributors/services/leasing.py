@@ -48,22 +48,25 @@ def create_lease(
             f"Node {node.name!r} did not register model {model!r}; register it first.",
             status=400,
         )
-    if key is not None:
-        existing = _keyed(node, key, model)
-        if existing is not None:
-            return existing, False  # a retry: nothing to check or make
     known = model_policy.model_for_leasing(model, owner_id=node.owner_id)
-    # The same checks as under the lock below, first without it: a banned or capped caller
-    # must not get slots made (or an unreviewed model's allowance spent) on its behalf.
-    _check_caps(node, _profile(node, locked=False))
     max_prompts = min(max_prompts, settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"])
     sets = [
         ps
         for ps in PromptSet.objects.filter(is_active=True).order_by("-priority", "pk")
         if ps.admits_model(model)
     ]
-    for _ in range(3):
-        frontiers = ledger.frontiers_for(sets=sets, model=model)
+    frontiers = ledger.frontiers_for(sets=sets, model=model)
+    if any(ledger.is_behind(ps, frontiers) for ps in sets):
+        # Slots would be made: first the checks made again under the lock below, so that a
+        # banned or capped caller gets no slots made (or an unreviewed model's allowance
+        # spent) on its behalf. A retry of a keyed lease gets its lease, capped or not.
+        existing = _keyed(node, key, model) if key is not None else None
+        if existing is not None:
+            return existing, False
+        _check_caps(node, _profile(node, locked=False))
+    for attempt in range(3):
+        if attempt:
+            frontiers = ledger.frontiers_for(sets=sets, model=model)
         more = [
             ledger.materialise(prompt_set=ps, model=known, need=max_prompts, frontiers=frontiers)
             for ps in sets

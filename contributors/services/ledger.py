@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
-from django.db.models import Count, F, IntegerField, Model, OuterRef, QuerySet, Subquery, Sum
+from django.db import transaction
+from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
@@ -45,6 +45,7 @@ from contributors.models import (
     normalise_temperature,
 )
 from contributors.services import model_policy
+from contributors.services.bulk import set_columns
 from scoring import counters
 from scoring.models import Prompt, PromptSet, Sample
 from scoring.signals import prompts_closed
@@ -67,6 +68,14 @@ def frontiers_for(*, sets: Sequence[PromptSet], model: str) -> dict[tuple[int, f
             "prompt_set_id", "temperature", "last_seq"
         )
     }
+
+
+def is_behind(prompt_set: PromptSet, frontiers: dict[tuple[int, float], int]) -> bool:
+    """Whether some prompt of the set has no slot yet at some temperature of its plan."""
+    return any(
+        frontiers.get((prompt_set.pk, t), 0) < prompt_set.last_prompt_seq
+        for t in plan_temperatures(prompt_set)
+    )
 
 
 def open_slots(prompt_set: PromptSet, model: str) -> QuerySet[Slot]:
@@ -164,31 +173,6 @@ def materialise(
 
 
 # --- promising and counting -------------------------------------------------------------------
-
-
-def set_columns(model: type[Model], columns: Sequence[str], rows: Sequence[Sequence[int]]) -> None:
-    """Writes integer columns of many rows in one statement:
-    UPDATE t SET c = v.column2, … FROM (VALUES (pk, c, …), …) AS v WHERE t.id = v.column1
-    (PostgreSQL and SQLite >= 3.33 alike). Django's bulk_update builds a CASE per row and
-    column instead, about a millisecond of Python per row: the largest cost of a lease or an
-    upload of 64 items. The caller holds the rows' locks."""
-    if not rows:
-        return
-    qn = connection.ops.quote_name
-    table = qn(model._meta.db_table)
-    pk = qn(model._meta.pk.column)  # type: ignore[union-attr]
-    names = [qn(model._meta.get_field(c).column) for c in columns]  # type: ignore[union-attr,arg-type]
-    sets = ", ".join(f"{name} = v.column{i + 2}" for i, name in enumerate(names))
-    row = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
-    ids = ", ".join(["%s"] * len(rows))
-    # The id list again, as a plain filter: the planner then finds the rows by primary key
-    # whatever it guesses of the VALUES join (without it PostgreSQL may scan the table).
-    sql = (
-        f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([row] * len(rows))}) AS v "  # noqa: S608
-        f"WHERE {table}.{pk} = v.column1 AND {table}.{pk} IN ({ids})"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for r in rows for value in r] + [r[0] for r in rows])
 
 
 def take(prompt_set: PromptSet, model: str, need: int) -> list[Slot]:

@@ -28,12 +28,12 @@ from contributors.models import (
     Slot,
     normalise_temperature,
 )
-from contributors.services import ledger, model_policy
+from contributors.services import bulk, ledger, model_policy
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
 from scoring import counters
 from scoring.models import Prompt, Sample
-from scoring.tasks import queue_scoring
+from scoring.tasks import enqueue_on_commit, runs_code
 
 
 @dataclass(frozen=True)
@@ -353,7 +353,7 @@ def ingest_samples(
         [(sample, item) for _, sample, item in to_store], slots, slot_by_key
     )
     try:
-        created = Sample.objects.bulk_create([sample for _, sample, _ in to_store])
+        created = bulk.insert(Sample, [sample for _, sample, _ in to_store])
     except IntegrityError:
         # Another request stored one of these client_ids between our check and our insert.
         # No savepoint: nothing more runs in this transaction, which the raise rolls back
@@ -363,13 +363,14 @@ def ingest_samples(
             "The same samples are being uploaded concurrently; retry.",
             status=409,
         ) from None
-    SampleOrigin.objects.bulk_create(
+    bulk.insert(
+        SampleOrigin,
         [
             SampleOrigin(sample=sample, node=node, lease_item=item)
             for (_, _, item), sample in zip(to_store, created, strict=True)
-        ]
+        ],
     )
-    ledger.set_columns(LeaseItem, ["received"], [(i.pk, i.received) for i in touched_items])
+    bulk.set_columns(LeaseItem, ["received"], [(i.pk, i.received) for i in touched_items])
     _count(profile, stored=len(created), filled=filled)
     if (
         lease is not None
@@ -380,11 +381,19 @@ def ingest_samples(
         lease.closed_at = timezone.now()
         lease.save(update_fields=["state", "closed_at"])
 
-    ids = [sample.pk for sample in created]
     result.accepted.extend(
         {"client_id": str(sample.client_id), "id": sample.pk} for sample in created
     )
-    transaction.on_commit(lambda: queue_scoring(ids))
+    # Through the outbox, in this transaction: published once it commits, or by the minute
+    # sweep if the broker is away or this process dies first.
+    sandbox = {
+        set_id: runs_code(p.prompt_set.domain, p.prompt_set.verifier_config)
+        for set_id, p in {p.prompt_set_id: p for p in prompts.values()}.items()
+    }
+    enqueue_on_commit(
+        [sample.pk for sample in created],
+        sandbox_ids=[s.pk for s in created if sandbox[prompts[s.prompt_id].prompt_set_id]],
+    )
     return result
 
 

@@ -1,5 +1,6 @@
 """Redis, the broker, goes away while contributors upload: uploads are stored and answered,
-and scoring resumes through the minute sweep once Redis is back, judged by a real worker.
+their scoring messages wait in the outbox, and the minute sweep publishes them once Redis is
+back, judged by a real worker.
 
 The test runs its own redis-server (the broker only; the cache stays where the suite put it),
 so it can stop and start it; it is skipped where redis-server is not installed."""
@@ -19,7 +20,7 @@ import pytest
 import redis
 from django.utils import timezone
 
-from scoring.models import Sample, SampleStatus
+from scoring.models import Sample, SampleStatus, ScoringOutbox
 from scoring.tasks import sweep_stuck_samples
 from tests.conftest import client_for
 from tests.e2e.conftest import wait_for
@@ -140,20 +141,24 @@ def test_uploads_while_redis_is_down_are_answered_and_judged_once_it_is_back(
     ]
     right, wrong = (a["id"] for a in response.json()["accepted"])
     samples = Sample.objects.filter(pk__in=[right, wrong])
-    # Stored, and flagged as never sent.
-    assert set(samples.values_list("status", "queued_at")) == {(SampleStatus.RECEIVED, None)}
+    # Stored, and their message kept in the outbox.
+    assert set(samples.values_list("status", flat=True)) == {SampleStatus.RECEIVED}
+    assert list(ScoringOutbox.objects.values_list("sample_ids", "sandbox")) == [
+        ([right, wrong], False)
+    ]
 
     own_redis.start()
     time.sleep(2)  # the worker reconnects on its own; nothing has queued the samples
-    assert set(samples.values_list("status", "queued_at")) == {(SampleStatus.RECEIVED, None)}
+    assert set(samples.values_list("status", flat=True)) == {SampleStatus.RECEIVED}
+    assert ScoringOutbox.objects.count() == 1
 
-    # A minute later, beat's sweep (every minute, on the worker's maintenance queue) finds
-    # them. The minute is skipped by moving their clock back.
+    # A minute later, beat's sweep (every minute, on the worker's maintenance queue) publishes
+    # the message. The minute is skipped by moving the outbox row's clock back.
     assert app.conf.beat_schedule["sweep-stuck-samples"] == {
         "task": "scoring.sweep_stuck_samples",
         "schedule": 60.0,
     }
-    samples.update(status_changed_at=timezone.now() - timedelta(minutes=2))
+    ScoringOutbox.objects.update(created_at=timezone.now() - timedelta(minutes=2))
     sweep_stuck_samples.delay()
 
     def settled() -> dict[int, str] | None:
@@ -165,5 +170,5 @@ def test_uploads_while_redis_is_down_are_answered_and_judged_once_it_is_back(
         right: SampleStatus.VERIFIED,
         wrong: SampleStatus.REJECTED,
     }
-    assert None not in set(samples.values_list("queued_at", flat=True))
+    assert not ScoringOutbox.objects.exists()
     assert set(samples.values_list("attempts", flat=True)) == {1}
