@@ -163,7 +163,12 @@ class PromptSet(models.Model):
 
 
 class Prompt(models.Model):
-    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="prompts")
+    # No index of its own: the set's unique (set, seq) and (set, text_hash) indexes serve every
+    # lookup by set, and a plain one tempts PostgreSQL's planner, for a set imported since the
+    # last ANALYZE, into reading all its prompts and sorting them instead of walking (set, seq).
+    prompt_set = models.ForeignKey(
+        PromptSet, on_delete=models.CASCADE, related_name="prompts", db_index=False
+    )
     external_id = models.CharField(max_length=200, blank=True)
     messages = models.JSONField(help_text="Chat messages: [{role, content}, ...].")
     text_hash = models.CharField(max_length=64, help_text="sha256 of the normalised text.")

@@ -1,3 +1,4 @@
+import django.db.models.deletion
 from django.db import migrations, models
 
 
@@ -41,6 +42,16 @@ class Migration(migrations.Migration):
             model_name="prompt",
             constraint=models.UniqueConstraint(
                 fields=("prompt_set", "seq"), name="prompt_unique_seq"
+            ),
+        ),
+        migrations.AlterField(
+            model_name="prompt",
+            name="prompt_set",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="prompts",
+                to="scoring.promptset",
             ),
         ),
         migrations.CreateModel(
