@@ -35,6 +35,21 @@ class ProfileAdmin(admin.ModelAdmin):
     list_filter = ["banned", "public_attribution"]
     search_fields = ["handle", "user__username", "hf_username"]
 
+    def save_model(self, request: HttpRequest, obj: Profile, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "banned" in form.changed_data:
+            # A banned contributor's samples leave every selection (and come back if lifted).
+            from scoring.models import Sample
+            from scoring.tasks import schedule_rebuilds
+
+            schedule_rebuilds(
+                list(
+                    Sample.objects.filter(contributor_id=obj.user_id)
+                    .values_list("prompt_id", flat=True)
+                    .distinct()
+                )
+            )
+
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):

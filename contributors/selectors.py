@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState
 from scoring import counters, disclosure
-from scoring.models import PromptSet, Sample, SampleStatus
+from scoring.models import Prompt, PromptModelStats, PromptSet, Sample, SampleStatus
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,32 @@ def sample_summary(*, user: Any) -> dict[str, Any]:
 
 
 TOP_REASONS = 5
+
+
+def prompt_difficulty(*, prompt_id: int) -> dict[str, Any]:
+    """Per model: samples, judged, verified, pass rate and difficulty (1 - pass rate) of a
+    prompt. Only once the prompt is closed: while it is open, a pass rate that moves is a
+    verdict, and verdicts wait for the close (scoring.disclosure)."""
+    prompt = Prompt.objects.filter(pk=prompt_id, prompt_set__is_active=True).first()
+    if prompt is None:
+        raise Http404
+    disclosed = disclosure.is_disclosed(prompt)
+    rows = PromptModelStats.objects.filter(prompt=prompt).order_by("model") if disclosed else []
+    return {
+        "prompt": prompt.pk,
+        "disclosed": disclosed,
+        "models": [
+            {
+                "model": row.model,
+                "samples": row.samples,
+                "judged": row.judged,
+                "verified": row.verified,
+                "pass_rate": row.pass_rate,
+                "difficulty": row.difficulty,
+            }
+            for row in rows
+        ],
+    }
 
 
 STATS_CACHE_S = 30

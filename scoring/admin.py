@@ -6,7 +6,18 @@ from django.contrib import admin
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 
-from scoring.models import Prompt, PromptGold, PromptSet, Sample, SampleStatus, Verdict
+from scoring.models import (
+    PreferencePair,
+    Prompt,
+    PromptGold,
+    PromptModelStats,
+    PromptSet,
+    RewardScore,
+    Sample,
+    SampleStatus,
+    Selection,
+    Verdict,
+)
 from scoring.pipeline import POISON_PREFIX
 
 
@@ -19,6 +30,7 @@ class PromptSetAdmin(admin.ModelAdmin):
         "is_active",
         "priority",
         "prompt_count",
+        "contaminated_count",
         "progress",
         "temperatures",
         "samples_per_prompt",
@@ -51,6 +63,11 @@ class PromptSetAdmin(admin.ModelAdmin):
     def prompt_count(self, obj: PromptSet) -> int:
         return obj.prompts.count()
 
+    @admin.display(description="contaminated")
+    def contaminated_count(self, obj: PromptSet) -> int:
+        # Prompts sharing an 8-gram with a benchmark: kept, flagged, in no selection.
+        return obj.prompts.filter(contaminated=True).count()
+
     @admin.display(description="slots filled / target")
     def progress(self, obj: PromptSet) -> str:
         totals = obj.slots.aggregate(filled=Sum("filled"), target=Sum("target"))
@@ -79,11 +96,19 @@ class PromptGoldInline(admin.StackedInline):
 
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
-    list_display = ["id", "prompt_set", "external_id", "short_text", "created_at", "closed_at"]
-    list_filter = ["prompt_set", ("closed_at", admin.EmptyFieldListFilter)]
+    list_display = [
+        "id",
+        "prompt_set",
+        "external_id",
+        "short_text",
+        "contaminated",
+        "created_at",
+        "closed_at",
+    ]
+    list_filter = ["prompt_set", "contaminated", ("closed_at", admin.EmptyFieldListFilter)]
     search_fields = ["external_id", "text_hash"]
     list_select_related = ["prompt_set"]
-    readonly_fields = ["closed_at"]
+    readonly_fields = ["closed_at", "contaminated", "contamination", "near_duplicate_of"]
     inlines = [PromptGoldInline]
     actions = ["close_to_collection"]
 
@@ -198,7 +223,12 @@ class SampleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Quarantine (hold from releases)")
     def quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
-        self.message_user(request, f"{queryset.update(quarantined=True)} samples quarantined.")
+        from scoring.tasks import schedule_rebuilds
+
+        prompt_ids = list(queryset.values_list("prompt_id", flat=True).distinct())
+        n = queryset.update(quarantined=True)
+        schedule_rebuilds(prompt_ids)  # a quarantined sample leaves every selection
+        self.message_user(request, f"{n} samples quarantined.")
 
     @admin.action(description="Release from quarantine (back to scoring)")
     def release_from_quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
@@ -231,4 +261,64 @@ class SampleAdmin(admin.ModelAdmin):
 class VerdictAdmin(admin.ModelAdmin):
     list_display = ["sample", "verifier", "version", "status", "score", "duration_ms", "created_at"]
     list_filter = ["verifier", "status", "version"]
+    raw_id_fields = ["sample"]
+
+
+class _ReadOnly(admin.ModelAdmin):
+    """Derived records: written by scoring.stats / scoring.selection, never by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(PromptModelStats)
+class PromptModelStatsAdmin(_ReadOnly):
+    list_display = [
+        "prompt",
+        "model",
+        "samples",
+        "judged",
+        "verified",
+        "shown_pass_rate",
+        "shown_difficulty",
+        "best_sample",
+    ]
+    list_filter = ["model"]
+    search_fields = ["model", "prompt__external_id"]
+    list_select_related = ["prompt__prompt_set"]
+    raw_id_fields = ["prompt", "best_sample"]
+
+    @admin.display(description="pass rate")
+    def shown_pass_rate(self, obj: PromptModelStats) -> str:
+        return "-" if obj.pass_rate is None else f"{obj.pass_rate:.2f}"
+
+    @admin.display(description="difficulty")
+    def shown_difficulty(self, obj: PromptModelStats) -> str:
+        return "-" if obj.difficulty is None else f"{obj.difficulty:.2f}"
+
+
+@admin.register(Selection)
+class SelectionAdmin(_ReadOnly):
+    list_display = ["kind", "prompt", "model", "sample", "rank", "policy", "policy_version"]
+    list_filter = ["kind", "policy", "model"]
+    raw_id_fields = ["prompt", "sample"]
+
+
+@admin.register(PreferencePair)
+class PreferencePairAdmin(_ReadOnly):
+    list_display = ["prompt", "chosen", "rejected", "margin", "policy", "policy_version"]
+    list_filter = ["policy"]
+    raw_id_fields = ["prompt", "chosen", "rejected"]
+
+
+@admin.register(RewardScore)
+class RewardScoreAdmin(_ReadOnly):
+    list_display = ["sample", "reward_model", "version", "raw", "normalised", "truncated"]
+    list_filter = ["reward_model", "version", "truncated"]
     raw_id_fields = ["sample"]

@@ -181,6 +181,14 @@ class Prompt(models.Model):
     # Closed to collection: never leased or judged for credit again, and only now may its gold
     # (and the per-sample verdicts that depend on it) be disclosed. See scoring/disclosure.py.
     closed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Shares a word 8-gram with a benchmark problem (scoring/decontam.py): kept, but never in a
+    # selection or a release. `contamination` names the matches ([{benchmark, id, ngram}]).
+    contaminated = models.BooleanField(default=False, db_index=True)
+    contamination = models.JSONField(default=list, blank=True)
+    # A near-duplicate (MinHash, scoring/dedup.py) of a prompt imported earlier, in any set.
+    near_duplicate_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         constraints = [
@@ -262,6 +270,12 @@ class Sample(models.Model):
     # `error` with reason "poison".
     attempts = models.PositiveSmallIntegerField(default=0)
     claim_key = models.CharField(max_length=64, blank=True)
+    # sha256 of the normalised text (scoring/dedup.py); `duplicate_of` is the first stored
+    # sample of the same prompt it is an exact or near copy of: left out of every selection.
+    text_hash = models.CharField(max_length=64, blank=True)
+    duplicate_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     # A transient verifier error is judged again, with back-off, from this time on.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
 
@@ -335,6 +349,128 @@ class Verdict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verifier} v{self.version}: {self.status}"
+
+
+class RewardScore(models.Model):
+    """One reward model's score of one sample (scoring/rewards/). Raw scores are comparable
+    only within a prompt: `normalised` is the per-prompt value the ranking uses."""
+
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="rewards")
+    reward_model = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    raw = models.FloatField()
+    normalised = models.FloatField(null=True, blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    truncated = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sample", "reward_model", "version"], name="reward_unique_per_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reward_model} v{self.version}: {self.raw:.4f}"
+
+
+class PromptModelStats(models.Model):
+    """Per (prompt, model): samples stored, samples judged right or wrong, and verified ones,
+    kept as statuses change (scoring/stats.py), never by scanning samples."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="model_stats")
+    model = models.CharField(max_length=200)
+    # Signed: they move by deltas, and a sample put in a status some other way than the
+    # pipeline (a hand edit, a test) must not make a status change fail; `build_selections
+    # --stats` recomputes them from the rows.
+    samples = models.IntegerField(default=0)
+    judged = models.IntegerField(default=0)
+    verified = models.IntegerField(default=0)
+    best_sample = models.ForeignKey(
+        Sample, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "prompt model stats"
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "model"], name="promptmodelstats_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_id} / {self.model}: {self.verified}/{self.judged}"
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.verified / self.judged if self.judged else None
+
+    @property
+    def difficulty(self) -> float | None:
+        rate = self.pass_rate
+        return None if rate is None else 1.0 - rate
+
+
+class SelectionKind(models.TextChoices):
+    SFT = "sft", "SFT (best-of-n)"
+    RL = "rl", "RL prompt"
+
+
+class Selection(models.Model):
+    """A sample chosen for SFT (`rank` among the prompt's picks), or a (prompt, model) chosen
+    as an RL prompt (no sample), under a ranking policy and its version."""
+
+    kind = models.CharField(max_length=8, choices=SelectionKind.choices)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="selections")
+    model = models.CharField(max_length=200)
+    sample = models.ForeignKey(
+        Sample, on_delete=models.CASCADE, null=True, blank=True, related_name="selections"
+    )
+    rank = models.PositiveSmallIntegerField(default=0)
+    policy = models.CharField(max_length=64)
+    policy_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "policy", "sample"],
+                condition=Q(sample__isnull=False),
+                name="selection_unique_sample",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "policy", "prompt", "model"],
+                condition=Q(sample__isnull=True),
+                name="selection_unique_prompt_model",
+            ),
+        ]
+        indexes = [models.Index(fields=["kind", "prompt"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: prompt {self.prompt_id} / {self.model} #{self.rank}"
+
+
+class PreferencePair(models.Model):
+    """Chosen over rejected, two samples of one prompt, under a policy version."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="pairs")
+    chosen = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="+")
+    margin = models.FloatField()
+    policy = models.CharField(max_length=64)
+    policy_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chosen", "rejected", "policy", "policy_version"], name="pair_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["prompt"])]
+
+    def __str__(self) -> str:
+        return f"{self.chosen_id} > {self.rejected_id} ({self.margin:+.3f})"
 
 
 class Counter(models.Model):

@@ -45,7 +45,7 @@ from django.db.models import CharField, F, Q, QuerySet, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
-from scoring import counters
+from scoring import counters, stats
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
 from scoring.verifiers.base import Candidate, Gold, Outcome, Status
 
@@ -189,11 +189,16 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
     changed = [(pk, old, new) for pk, old, new in moves if old != new]
     if not changed:
         return
-    closed = set(
-        Sample.objects.filter(
-            pk__in=[pk for pk, _, _ in changed], prompt__closed_at__isnull=False
-        ).values_list("pk", flat=True)
+    # One read for both: the per (prompt, model) stats and whether the prompt is closed.
+    rows = Sample.objects.filter(pk__in=[pk for pk, _, _ in changed]).values_list(
+        "pk", "prompt_id", "model", "prompt__closed_at"
     )
+    keys, closed = {}, set()
+    for pk, prompt_id, model, closed_at in rows:
+        keys[pk] = (prompt_id, model)
+        if closed_at is not None:
+            closed.add(pk)
+    stats.record_moves(changed, keys=keys)
     deltas: dict[str, int] = {}
     for pk, old, new in changed:
         if pk in closed:

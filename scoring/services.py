@@ -63,6 +63,8 @@ class ImportReport:
     duplicates: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
     checked: int = 0  # reference solutions judged (import with check_references)
+    contaminated: int = 0  # new prompts sharing an 8-gram with a benchmark (scoring/decontam.py)
+    near_duplicates: int = 0  # new prompts near-duplicating one of an active set, or each other
 
 
 class ImportRejected(Exception):
@@ -614,6 +616,12 @@ def import_prompts(
         )
         # Seqs for the new prompts; the set's row stays locked until this import commits.
         seqs = iter(PromptSet.next_seqs(prompt_set.pk, len(new))) if new else iter(())
+        flags = _screen(new)
+        report.contaminated = sum(1 for c in new if flags[c.text_hash].matches)
+        report.near_duplicates = sum(
+            1 for c in new if flags[c.text_hash].near_existing or flags[c.text_hash].near_new
+        )
+        made_so_far: dict[str, int] = {}
         for start in range(0, len(new), 1000):
             chunk = new[start : start + 1000]
             prompts = Prompt.objects.bulk_create(
@@ -626,18 +634,82 @@ def import_prompts(
                         text_hash=c.text_hash,
                         metadata=c.metadata,
                         closed_at=closed_at.get(c.text_hash),
+                        contaminated=bool(flags[c.text_hash].matches),
+                        contamination=flags[c.text_hash].matches,
+                        near_duplicate_of_id=flags[c.text_hash].near_existing,
                     )
                     for c in chunk
                 ]
             )
+            made_so_far.update((p.text_hash, p.pk) for p in prompts)
             PromptGold.objects.bulk_create(
                 [
                     PromptGold(prompt=p, answer=c.answer, tests=c.tests)
                     for p, c in zip(prompts, chunk, strict=True)
                 ]
             )
+        # Near-duplicates within this import point at the earlier prompt, now that it exists.
+        for c in new:
+            screen = flags[c.text_hash]
+            if screen.near_existing is None and screen.near_new is not None:
+                Prompt.objects.filter(pk=made_so_far[c.text_hash]).update(
+                    near_duplicate_of_id=made_so_far[screen.near_new]
+                )
     report.created = len(new)
     return report
+
+
+@dataclass
+class _Screen:
+    matches: list[dict[str, str]] = field(default_factory=list)
+    near_existing: int | None = None  # a prompt already stored
+    near_new: str | None = None  # the text_hash of an earlier prompt of this import
+
+
+def _prompt_text(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(str(m.get("content", "")) for m in messages)
+
+
+def _screen(new: list[CleanRow]) -> dict[str, _Screen]:
+    """Benchmark contamination (word 8-grams against THINKPOOL_DECONTAM_BENCHMARKS) and
+    near-duplicates (MinHash over 3-word shingles, so one changed word in a short prompt is
+    still caught) among the prompts of active sets and this import, per new prompt. Prompts
+    are flagged, never dropped. The near-duplicate scan reads every prompt of the active sets
+    (about 2 KB of signature each): an import-time cost linear in their number."""
+    from scoring.decontam import load_benchmark_index
+    from scoring.dedup import DedupSettings, find_near_duplicate_prompts
+
+    index = load_benchmark_index()
+    out: dict[str, _Screen] = {}
+    for c in new:
+        text = _prompt_text(c.messages)
+        out[c.text_hash] = _Screen(
+            matches=[
+                {"benchmark": m.benchmark, "id": str(m.item_id), "ngram": m.ngram}
+                for m in index.check(text)
+            ]
+            if len(index)
+            else []
+        )
+    existing = (
+        (f"p{pk}", _prompt_text(messages))
+        for pk, messages in Prompt.objects.filter(prompt_set__is_active=True)
+        .order_by("pk")
+        .values_list("pk", "messages")
+        .iterator(chunk_size=2000)
+    )
+    near = find_near_duplicate_prompts(
+        [(f"n{c.text_hash}", _prompt_text(c.messages)) for c in new],
+        existing,
+        DedupSettings(shingle_size=3),
+    )
+    for key, match in near.items():
+        screen = out[key[1:]]
+        if match.startswith("p"):
+            screen.near_existing = int(match[1:])
+        else:
+            screen.near_new = match[1:]
+    return out
 
 
 def reference_of(tests: Any) -> str | None:

@@ -347,3 +347,82 @@ def _chunked(plain: list[int], code: list[int], *, rescore: bool) -> list[Scorin
         for sandbox, ids in ((False, plain), (True, code))
         for start in range(0, len(ids), QUEUE_CHUNK)
     ]
+
+
+# --- selections -------------------------------------------------------------------------------
+
+# A prompt whose samples keep settling is rebuilt at most once per this many seconds.
+REBUILD_DEBOUNCE_S = 30
+
+
+def schedule_rebuilds(prompt_ids: Sequence[int]) -> None:
+    """Asks for the prompts' selections to be rebuilt after the current transaction commits,
+    at most one pending rebuild per prompt (a cache key held until the task starts). Never
+    raises: selections catch up at the next change or with `manage.py build_selections`."""
+    from django.core.cache import cache
+    from django.db import transaction
+
+    def send() -> None:
+        for prompt_id in sorted(set(prompt_ids)):
+            try:
+                if cache.add(f"thinkpool:rebuild:{prompt_id}", 1, timeout=REBUILD_DEBOUNCE_S * 4):
+                    rebuild_selections.apply_async(
+                        (prompt_id,),
+                        countdown=REBUILD_DEBOUNCE_S,
+                        retry=True,
+                        retry_policy=PUBLISH_RETRY_POLICY,
+                    )
+            except Exception:
+                logger.warning("could not schedule the selections of prompt %s", prompt_id)
+
+    transaction.on_commit(send)
+
+
+@shared_task(
+    name="scoring.rebuild_selections",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=180,
+)
+def rebuild_selections(prompt_id: int) -> int:
+    """Rebuilds one prompt's selections under the configured policy (safe to run twice: it
+    replaces them). Returns how many samples were selected for SFT."""
+    from django.core.cache import cache
+
+    from scoring.models import Prompt
+    from scoring.rewards import service as rewards
+    from scoring.selection import configured_policy, rebuild_prompt, settled
+
+    # From here on a new change schedules a new rebuild, which will see it.
+    cache.delete(f"thinkpool:rebuild:{prompt_id}")
+    prompt = Prompt.objects.filter(pk=prompt_id).first()
+    if prompt is None or not Sample.objects.filter(prompt=prompt).exists():
+        return 0
+    for ref in rewards.configured():
+        missing = rewards.unscored(list(settled(prompt).values_list("pk", flat=True)), ref)
+        if missing:
+            # Scored first, on the gpu queue; that task rebuilds this prompt when done.
+            score_rewards.apply_async((missing, ref.model, ref.version))
+            return 0
+    return len(rebuild_prompt(prompt_id=prompt_id, policy=configured_policy()).sft)
+
+
+@shared_task(
+    name="scoring.score_rewards",
+    queue="gpu",
+    acks_late=True,
+    soft_time_limit=1800,
+    time_limit=1900,
+)
+def score_rewards(sample_ids: list[int], model: str, version: int) -> int:
+    """Scores samples with one reward model (loaded once per worker process; a GPU when the
+    worker has one, else the CPU), then rebuilds their prompts' selections. Safe to run twice:
+    samples already scored by that model and version are skipped."""
+    from scoring.rewards import service as rewards
+
+    ref = rewards.RewardModelRef(model=model, version=version)
+    touched = rewards.score_samples(sample_ids=sample_ids, ref=ref)
+    for prompt_id in touched:
+        rebuild_selections.apply_async((prompt_id,), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    return len(touched)

@@ -74,9 +74,9 @@ seed=$($PY manage.py seed_demo)
 # Code samples need the sandbox (bubblewrap and per-run cgroups: root, or a delegated cgroup);
 # a worker consuming `sandbox` refuses to start without it. Without one, code samples wait in
 # their queue until a worker that has it starts.
-queues=verify,sandbox,maintenance,publish
+queues=verify,sandbox,maintenance,publish,gpu
 if ! sandbox_status=$($PY -m scoring.sandbox 2>&1); then
-    queues=verify,maintenance,publish
+    queues=verify,maintenance,publish,gpu
     echo "No code sandbox here, so code samples wait unjudged: ${sandbox_status##*$'\n'}" >&2
 fi
 worker_name="thinkpool-run-$$@$HOSTNAME"

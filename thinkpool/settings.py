@@ -11,6 +11,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -51,6 +52,23 @@ def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {parsed}.")
     if maximum is not None and parsed > maximum:
         raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {parsed}.")
+    return parsed
+
+
+def env_float(
+    name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from None
+    if parsed != parsed or (minimum is not None and parsed < minimum):
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value!r}.")
+    if maximum is not None and parsed > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value!r}.")
     return parsed
 
 
@@ -352,6 +370,24 @@ THINKPOOL = {
     # it ends `error` with a reason starting "poison" (or stops being retried).
     "MAX_SCORING_ATTEMPTS": env_int("THINKPOOL_MAX_SCORING_ATTEMPTS", 5, minimum=1, maximum=100),
 }
+
+# The ranking policy of selections (scoring.selection.Policy): SFT picks per prompt, and the
+# pass-rate band of RL prompts (strictly between, as open-r1's filter).
+THINKPOOL_SELECTION: dict[str, Any] = {
+    "sft_k": env_int("THINKPOOL_SFT_PER_PROMPT", 4, minimum=1, maximum=64),
+    "rl_low": env_float("THINKPOOL_RL_PASS_RATE_LOW", 0.1, minimum=0.0, maximum=1.0),
+    "rl_high": env_float("THINKPOOL_RL_PASS_RATE_HIGH", 0.9, minimum=0.0, maximum=1.0),
+}
+
+# Benchmarks prompts are checked against at import (scoring/decontam.py): JSONL files with a
+# `problem` (or `question`/`prompt`) field; relative paths are from the project's root. Empty:
+# nothing is flagged.
+# Reward models that rank verified samples (scoring/rewards/): `model@version` entries, e.g.
+# Skywork/Skywork-Reward-V2-Qwen3-0.6B@1, scored on the `gpu` queue. Empty (the embedded
+# default): ranking by correctness and length alone.
+THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
+THINKPOOL_DECONTAM_BENCHMARKS = env_list("THINKPOOL_DECONTAM_BENCHMARKS", [])
+THINKPOOL_DECONTAM_NGRAM = env_int("THINKPOOL_DECONTAM_NGRAM", 8, minimum=3, maximum=50)
 
 LOGGING = {
     "version": 1,

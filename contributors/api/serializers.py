@@ -355,6 +355,23 @@ class SampleOutSerializer(serializers.Serializer):
     verdicts = VerdictOutSerializer(many=True)
 
 
+class ModelDifficultyOutSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    samples = serializers.IntegerField()
+    judged = serializers.IntegerField()
+    verified = serializers.IntegerField()
+    pass_rate = serializers.FloatField(allow_null=True)
+    difficulty = serializers.FloatField(allow_null=True, help_text="1 - pass rate.")
+
+
+class PromptDifficultyOutSerializer(serializers.Serializer):
+    prompt = serializers.IntegerField()
+    disclosed = serializers.BooleanField(
+        help_text="False while the prompt is open: its pass rates are verdicts, shown at close."
+    )
+    models = ModelDifficultyOutSerializer(many=True)
+
+
 class LimitsOutSerializer(serializers.Serializer):
     max_samples_per_upload = serializers.IntegerField()
     max_body_bytes = serializers.IntegerField()

@@ -13,5 +13,10 @@ urlpatterns = [
     path("leases/<int:lease_id>/samples/", views.LeaseSamplesView.as_view(), name="lease-samples"),
     path("samples/", views.SampleListView.as_view(), name="samples"),
     path("samples/<int:sample_id>/", views.SampleDetailView.as_view(), name="sample"),
+    path(
+        "prompts/<int:prompt_id>/difficulty/",
+        views.PromptDifficultyView.as_view(),
+        name="prompt-difficulty",
+    ),
     path("stats/", views.StatsView.as_view(), name="stats"),
 ]

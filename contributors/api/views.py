@@ -247,6 +247,14 @@ class SampleDetailView(APIView):
         return Response(io.SampleOutSerializer(sample).data)
 
 
+class PromptDifficultyView(APIView):
+    @extend_schema(responses=io.PromptDifficultyOutSerializer)
+    def get(self, request: Request, prompt_id: int) -> Response:
+        """Per model: pass rate and difficulty of a closed prompt."""
+        data = selectors.prompt_difficulty(prompt_id=prompt_id)
+        return Response(io.PromptDifficultyOutSerializer(data).data)
+
+
 class StatsView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []

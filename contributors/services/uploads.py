@@ -31,7 +31,8 @@ from contributors.models import (
 from contributors.services import bulk, ledger, model_policy
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
-from scoring import counters
+from scoring import counters, stats
+from scoring.dedup import normalised_hash
 from scoring.models import Prompt, Sample
 from scoring.tasks import enqueue_on_commit, runs_code
 
@@ -238,6 +239,7 @@ def _sample_row(user: Any, s: SampleIn, prompt_id: int, temperature: float) -> S
         sampling=s.sampling,
         completion=s.completion,
         reasoning=s.reasoning or "",
+        text_hash=normalised_hash(s.completion, reasoning=s.reasoning or None),
         finish_reason=s.finish_reason,
         prompt_tokens=s.prompt_tokens,
         completion_tokens=s.completion_tokens,
@@ -372,6 +374,7 @@ def ingest_samples(
     )
     bulk.set_columns(LeaseItem, ["received"], [(i.pk, i.received) for i in touched_items])
     _count(profile, stored=len(created), filled=filled)
+    stats.samples_stored((s.prompt_id, s.model) for s in created)
     if (
         lease is not None
         and lease.state == LeaseState.LIVE

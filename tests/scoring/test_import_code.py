@@ -83,7 +83,14 @@ def expected_entry_points(row: dict[str, Any]) -> list[str]:
 def test_humaneval_imports_as_published():
     rows = rows_of(HUMANEVAL)
     report = import_code(HUMANEVAL, "humaneval")
-    assert report == {"set": "humaneval", "created": 164, "duplicates": 0, "invalid": 0}
+    assert report == {
+        "set": "humaneval",
+        "created": 164,
+        "duplicates": 0,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     assert PromptSet.objects.get(name="humaneval").instruction_template == ""
     gold, shown = golds("humaneval"), messages("humaneval")
     for row in rows:
@@ -114,7 +121,14 @@ def test_humaneval_imports_as_published():
 def test_mbpp_sanitized_imports_as_published():
     rows = rows_of(MBPP)
     report = import_code(MBPP, "mbpp")
-    assert report == {"set": "mbpp", "created": 427, "duplicates": 0, "invalid": 0}
+    assert report == {
+        "set": "mbpp",
+        "created": 427,
+        "duplicates": 0,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 1,
+    }
     gold, shown = golds("mbpp"), messages("mbpp")
     for row in rows:
         tests = gold[str(row["task_id"])]
@@ -161,7 +175,14 @@ def test_mbpp_full_imports_as_published_and_drops_two_duplicates():
     rows = rows_of(MBPP_FULL)
     report = import_code(MBPP_FULL, "mbpp-full")
     # Tasks 347 and 704 repeat the text and signature of tasks 76 and 248.
-    assert report == {"set": "mbpp-full", "created": 972, "duplicates": 2, "invalid": 0}
+    assert report == {
+        "set": "mbpp-full",
+        "created": 972,
+        "duplicates": 2,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 12,
+    }
     gold, shown = golds("mbpp-full"), messages("mbpp-full")
     assert "347" not in gold and "704" not in gold and {"76", "248"} <= set(gold)
     for row in rows:
@@ -199,7 +220,14 @@ def test_reimporting_a_code_file_changes_nothing():
     import_code(MBPP, "mbpp")
     before = golds("mbpp")
     again = import_code(MBPP, "mbpp")
-    assert again == {"set": "mbpp", "created": 0, "duplicates": 427, "invalid": 0}
+    assert again == {
+        "set": "mbpp",
+        "created": 0,
+        "duplicates": 427,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     assert golds("mbpp") == before
     assert Prompt.objects.count() == 427
 

@@ -39,7 +39,14 @@ def test_jsonl_import_keeps_gold_apart_and_drops_duplicates(tmp_path):
         ],
     )
     report = run_import(path, "--set", "s1", "--domain", "math", "--license", "MIT")
-    assert report == {"set": "s1", "created": 2, "duplicates": 1, "invalid": 0}
+    assert report == {
+        "set": "s1",
+        "created": 2,
+        "duplicates": 1,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     prompt = Prompt.objects.get(external_id="a")
     assert prompt.messages == [{"role": "user", "content": "What is 2+2?"}]
     assert "4" not in json.dumps(prompt.metadata)
@@ -61,7 +68,14 @@ def test_reimporting_the_same_file_changes_nothing(tmp_path):
     )
     run_import(path, "--set", "s", "--domain", "math", "--license", "MIT")
     again = run_import(path, "--set", "s", "--domain", "math", "--license", "MIT")
-    assert again == {"set": "s", "created": 0, "duplicates": 5, "invalid": 0}
+    assert again == {
+        "set": "s",
+        "created": 0,
+        "duplicates": 5,
+        "invalid": 0,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     assert Prompt.objects.count() == 5
 
 
@@ -115,7 +129,14 @@ def test_skip_invalid_imports_the_rest(tmp_path):
     report = run_import(
         path, "--set", "s", "--domain", "math", "--license", "MIT", "--skip-invalid"
     )
-    assert report == {"set": "s", "created": 1, "duplicates": 0, "invalid": 1}
+    assert report == {
+        "set": "s",
+        "created": 1,
+        "duplicates": 0,
+        "invalid": 1,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
 
 
 def test_csv_with_field_map(tmp_path):

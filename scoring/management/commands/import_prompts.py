@@ -120,6 +120,8 @@ class Command(BaseCommand):
             "created": report.created,
             "duplicates": report.duplicates,
             "invalid": len(report.invalid),
+            "contaminated": report.contaminated,
+            "near_duplicates": report.near_duplicates,
         }
         if opts["check_reference"]:
             summary["checked"] = report.checked

@@ -1,0 +1,255 @@
+"""Ranking and selection: which samples are best, which prompts still teach.
+
+Per prompt, samples are ranked (Policy.rank_key): rule-based correctness first (verified),
+then the reward (per-prompt normalised score of the policy's reward model, when one is
+configured and has scored the sample), then fewer completion tokens, then the earlier sample.
+With no reward model the ranking falls back to correctness and length, and the policy name
+says so (`…-no-reward`).
+
+From the ranking, per prompt:
+- SFT: best-of-n rejection sampling: up to `sft_k` verified samples;
+- preference pairs: chosen = the best verified sample; rejected = the worst incorrect one
+  (status rejected), else, with rewards, the lowest-reward sample below it; the rejected one is
+  taken from the chosen one's model when it has one, else from any model;
+- RL prompts: each (prompt, model) whose pass rate lies strictly between `rl_low` and
+  `rl_high` (open-r1's pass-rate filter): those still teach.
+
+Never eligible: samples quarantined, from a banned contributor, duplicates of another sample
+(`duplicate_of`), or of a contaminated prompt (the whole prompt is left out). A re-judged
+sample moves with its new status the next time its prompt is rebuilt (`rebuild_prompt`, run
+after each status change, debounced, and by `manage.py build_selections`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+
+from scoring.models import (
+    PreferencePair,
+    Prompt,
+    PromptModelStats,
+    RewardScore,
+    Sample,
+    SampleStatus,
+    Selection,
+    SelectionKind,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = "r1-rejection"
+    version: int = 1
+    sft_k: int = 4
+    rl_low: float = 0.1
+    rl_high: float = 0.9
+    reward_model: str | None = None
+    reward_version: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.reward_model else f"{self.name}-no-reward"
+
+
+def configured_policy() -> Policy:
+    """The policy the settings name (THINKPOOL_SELECTION), over the defaults above."""
+    from django.conf import settings
+
+    from scoring.rewards.service import configured
+
+    overrides: dict[str, Any] = dict(getattr(settings, "THINKPOOL_SELECTION", {}))
+    rewards = configured()
+    if rewards:
+        overrides.setdefault("reward_model", rewards[0].model)
+        overrides.setdefault("reward_version", rewards[0].version)
+    return Policy(**overrides)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the ranking needs of one sample."""
+
+    id: int
+    model: str
+    status: str
+    tokens: int
+    reward: float | None = None
+
+    @property
+    def correct(self) -> bool:
+        return self.status == SampleStatus.VERIFIED
+
+
+def rank_key(c: Candidate) -> tuple[Any, ...]:
+    """Sorts best first: correct, higher reward (none counts as lowest), fewer tokens, older."""
+    reward = c.reward if c.reward is not None else -math.inf
+    return (not c.correct, -reward, c.tokens, c.id)
+
+
+@dataclass
+class PromptPicks:
+    sft: list[Candidate] = field(default_factory=list)
+    pairs: list[tuple[Candidate, Candidate, float]] = field(default_factory=list)
+    rl_models: list[str] = field(default_factory=list)
+
+
+def pick(
+    candidates: Sequence[Candidate], pass_rates: dict[str, float | None], policy: Policy
+) -> PromptPicks:
+    """The selections of one prompt from its eligible, settled candidates and its per-model
+    pass rates. Pure: the exact rules, tested on hand-built data."""
+    ranked = sorted(candidates, key=rank_key)
+    picks = PromptPicks()
+    picks.sft = [c for c in ranked if c.correct][: policy.sft_k]
+    if picks.sft:
+        chosen = picks.sft[0]
+        wrong = [c for c in ranked if c.status == SampleStatus.REJECTED]
+        below = [
+            c
+            for c in ranked
+            if c.id != chosen.id
+            and c.reward is not None
+            and chosen.reward is not None
+            and c.reward < chosen.reward
+        ]
+        for pool in (wrong, below):
+            same_model = [c for c in pool if c.model == chosen.model]
+            source = same_model or pool
+            if source:
+                rejected = source[-1]  # the worst of them
+                picks.pairs.append((chosen, rejected, _margin(chosen, rejected)))
+                break
+    picks.rl_models = sorted(
+        model
+        for model, rate in pass_rates.items()
+        if rate is not None and policy.rl_low < rate < policy.rl_high
+    )
+    return picks
+
+
+def _margin(chosen: Candidate, rejected: Candidate) -> float:
+    if chosen.reward is not None and rejected.reward is not None:
+        return chosen.reward - rejected.reward
+    return 1.0  # correct over incorrect, with no reward to say by how much
+
+
+def settled(prompt: Prompt) -> Any:
+    """The prompt's judged samples that are not held back (quarantined, banned contributor)."""
+    return Sample.objects.filter(
+        prompt=prompt,
+        status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
+        quarantined=False,
+    ).exclude(Q(contributor__profile__banned=True) | Q(contributor__is_active=False))
+
+
+def eligible(prompt: Prompt) -> Any:
+    """The prompt's samples that may be selected: settled, not held back, not a duplicate."""
+    return settled(prompt).filter(duplicate_of__isnull=True)
+
+
+def mark_duplicates(prompt: Prompt) -> int:
+    """Flags the prompt's settled samples that copy an earlier one, exactly or nearly
+    (scoring.dedup: MinHash over 5-word shingles, Jaccard 0.8); the earliest stored sample of a
+    cluster is kept. Recomputed from the samples each time, so a kept sample that leaves (a
+    quarantine, a ban) lets its copies be judged again. Returns how many are flagged."""
+    from scoring.dedup import NearDuplicateIndex
+
+    index: NearDuplicateIndex[int] = NearDuplicateIndex()
+    wanted: dict[int, int | None] = {}
+    current: dict[int, int | None] = {}
+    for pk, completion, reasoning, duplicate_of in (
+        settled(prompt).order_by("pk").values_list("pk", "completion", "reasoning", "duplicate_of")
+    ):
+        wanted[pk] = index.add(pk, completion, reasoning=reasoning or None)
+        current[pk] = duplicate_of
+    for pk, original in wanted.items():
+        if current[pk] != original:
+            Sample.objects.filter(pk=pk).update(duplicate_of_id=original)
+    return sum(1 for original in wanted.values() if original is not None)
+
+
+def candidates_of(prompt: Prompt, policy: Policy) -> list[Candidate]:
+    rows = list(
+        eligible(prompt).values_list("pk", "model", "status", "completion_tokens", "completion")
+    )
+    rewards: dict[int, float | None] = {}
+    if policy.reward_model and policy.reward_version is not None:
+        rewards = dict(
+            RewardScore.objects.filter(
+                sample_id__in=[r[0] for r in rows],
+                reward_model=policy.reward_model,
+                version=policy.reward_version,
+            ).values_list("sample_id", "normalised")
+        )
+    return [
+        Candidate(
+            id=pk,
+            model=model,
+            status=status,
+            # Without a token count, characters stand in (only ties among equals use it).
+            tokens=tokens if tokens is not None else len(text),
+            reward=rewards.get(pk),
+        )
+        for pk, model, status, tokens, text in rows
+    ]
+
+
+@transaction.atomic
+def rebuild_prompt(*, prompt_id: int, policy: Policy) -> PromptPicks:
+    """Replaces the prompt's selections and pairs under `policy` with what its samples give
+    now. The prompt's row is locked, so two rebuilds of one prompt take turns."""
+    prompt = Prompt.objects.select_for_update().get(pk=prompt_id)
+    Selection.objects.filter(prompt=prompt, policy=policy.label).delete()
+    PreferencePair.objects.filter(prompt=prompt, policy=policy.label).delete()
+    if prompt.contaminated:
+        return PromptPicks()
+    mark_duplicates(prompt)
+    pass_rates = {s.model: s.pass_rate for s in PromptModelStats.objects.filter(prompt=prompt)}
+    picks = pick(candidates_of(prompt, policy), pass_rates, policy)
+    common = {"prompt": prompt, "policy": policy.label, "policy_version": policy.version}
+    Selection.objects.bulk_create(
+        [
+            Selection(kind=SelectionKind.SFT, model=c.model, sample_id=c.id, rank=i, **common)
+            for i, c in enumerate(picks.sft)
+        ]
+        + [
+            Selection(kind=SelectionKind.RL, model=model, sample=None, **common)
+            for model in picks.rl_models
+        ]
+    )
+    PreferencePair.objects.bulk_create(
+        [
+            PreferencePair(chosen_id=c.id, rejected_id=r.id, margin=m, **common)
+            for c, r, m in picks.pairs
+        ]
+    )
+    best = {}
+    for c in sorted(picks.sft, key=rank_key, reverse=True):
+        best[c.model] = c.id  # the last written per model is its best
+    PromptModelStats.objects.filter(prompt=prompt).update(best_sample=None)
+    for model, sample_id in best.items():
+        PromptModelStats.objects.filter(prompt=prompt, model=model).update(best_sample_id=sample_id)
+    return picks
+
+
+def sft_messages(sample: Sample) -> list[dict[str, str]]:
+    """A selected sample as an SFT record's chat, in the format R1 distillation uses: the
+    prompt's messages as the model was sent them, then one assistant message with the
+    reasoning inside <think>…</think> followed by the answer. A completion that kept its think
+    block inline is used as it is."""
+    prompt = sample.prompt
+    messages = [
+        {"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
+        for m in prompt.prompt_set.render_messages(prompt.messages)
+    ]
+    if sample.reasoning:
+        answer = f"<think>\n{sample.reasoning.strip()}\n</think>\n\n{sample.completion.strip()}"
+    else:
+        answer = sample.completion
+    return [*messages, {"role": "assistant", "content": answer}]
