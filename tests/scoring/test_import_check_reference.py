@@ -113,7 +113,15 @@ def test_failing_references_make_their_rows_invalid(tmp_path, sandbox):
     assert not PromptSet.objects.filter(name="c").exists()
 
     report, err_text = check_import(path, "c", "--skip-invalid")
-    assert report == {"set": "c", "created": 3, "duplicates": 0, "invalid": 2, "checked": 4}
+    assert report == {
+        "set": "c",
+        "created": 3,
+        "duplicates": 0,
+        "invalid": 2,
+        "checked": 4,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     assert "skipped line 2: reference solution does not pass: wrong_answer" in err_text
     assert sorted(Prompt.objects.values_list("external_id", flat=True)) == [
         "he-ok",
@@ -125,9 +133,25 @@ def test_failing_references_make_their_rows_invalid(tmp_path, sandbox):
 def test_reference_check_is_skipped_for_duplicates_and_rows_without_a_reference(tmp_path, sandbox):
     path = write_jsonl(tmp_path / "c.jsonl", [ROWS[0], ROWS[4]])
     report, _ = check_import(path, "c")
-    assert report == {"set": "c", "created": 2, "duplicates": 0, "invalid": 0, "checked": 1}
+    assert report == {
+        "set": "c",
+        "created": 2,
+        "duplicates": 0,
+        "invalid": 0,
+        "checked": 1,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     again, _ = check_import(path, "c")
-    assert again == {"set": "c", "created": 0, "duplicates": 2, "invalid": 0, "checked": 0}
+    assert again == {
+        "set": "c",
+        "created": 0,
+        "duplicates": 2,
+        "invalid": 0,
+        "checked": 0,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
 
 
 def test_a_missing_sandbox_fails_the_option_clearly(tmp_path, monkeypatch):
@@ -180,12 +204,14 @@ def test_every_published_reference_passes(name, count, sandbox):
         pytest.skip(f"shared data not found at {path}")
     report, err = check_import(path, name, "--skip-invalid")
     assert [line for line in err.splitlines() if line.startswith("skipped ")] == []
+    report.pop("near_duplicates")  # counted in test_import_code, which imports the same files
     assert report == {
         "set": name,
         "created": count,
         "duplicates": 0,
         "invalid": 0,
         "checked": count,
+        "contaminated": 0,
     }
     assert f"reference solutions checked: {count}/{count}" in err
 
@@ -200,12 +226,14 @@ def test_mbpp_full_references_pass_but_one_that_the_grader_cannot_accept(sandbox
     report, err = check_import(path, "mbpp-full", "--skip-invalid")
     skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
     assert skipped == ["skipped line 414: reference solution does not pass: wrong_answer on test 0"]
+    report.pop("near_duplicates")  # counted in test_import_code, which imports the same file
     assert report == {
         "set": "mbpp-full",
         "created": 971,
         "duplicates": 2,
         "invalid": 1,
         "checked": 972,
+        "contaminated": 0,
     }
 
 
@@ -218,7 +246,15 @@ def test_setup_code_runs_with_the_programs_definitions(tmp_path, sandbox):
         "test_list": ["assert unbox(b) == 3"],
     }
     report, _ = check_import(write_jsonl(tmp_path / "c.jsonl", [row]), "c")
-    assert report == {"set": "c", "created": 1, "duplicates": 0, "invalid": 0, "checked": 1}
+    assert report == {
+        "set": "c",
+        "created": 1,
+        "duplicates": 0,
+        "invalid": 0,
+        "checked": 1,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
 
 
 def test_challenge_tests_are_checked_too(tmp_path, sandbox):
@@ -241,5 +277,13 @@ def test_tests_that_cannot_be_graded_are_reported(tmp_path, sandbox):
         "test_list": ["assert apply(lambda x: x + 1, 1) == 2"],
     }
     report, err = check_import(write_jsonl(tmp_path / "c.jsonl", [row]), "c", "--skip-invalid")
-    assert report == {"set": "c", "created": 0, "duplicates": 0, "invalid": 1, "checked": 1}
+    assert report == {
+        "set": "c",
+        "created": 0,
+        "duplicates": 0,
+        "invalid": 1,
+        "checked": 1,
+        "contaminated": 0,
+        "near_duplicates": 0,
+    }
     assert "skipped line 1: tests cannot be graded: cannot_cross on test 0" in err
