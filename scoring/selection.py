@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from scoring.models import (
@@ -40,6 +40,9 @@ from scoring.models import (
     Selection,
     SelectionKind,
 )
+
+# The first key of the advisory locks rebuild_prompt takes (the second is the prompt id).
+REBUILD_LOCK_CLASS = 0x7470  # "tp"
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,13 @@ def candidates_of(prompt: Prompt, policy: Policy) -> list[Candidate]:
 @transaction.atomic
 def rebuild_prompt(*, prompt_id: int, policy: Policy) -> PromptPicks:
     """Replaces the prompt's selections and pairs under `policy` with what its samples give
-    now. The prompt's row is locked, so two rebuilds of one prompt take turns."""
-    prompt = Prompt.objects.select_for_update().get(pk=prompt_id)
+    now. Two rebuilds of one prompt take turns on a transaction-scoped advisory lock (on
+    PostgreSQL; SQLite serialises writers anyway): not the prompt's row, which uploads and
+    scoring reference and must not wait on while duplicates are computed."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [REBUILD_LOCK_CLASS, prompt_id])
+    prompt = Prompt.objects.get(pk=prompt_id)
     Selection.objects.filter(prompt=prompt, policy=policy.label).delete()
     PreferencePair.objects.filter(prompt=prompt, policy=policy.label).delete()
     if prompt.contaminated:

@@ -804,7 +804,10 @@ def _close(prompts: QuerySet[Prompt], at: datetime | None, twins: bool) -> int:
     # Locked in id order first. Uploads hold the prompts they store for FOR SHARE until they
     # commit (contributors.services), so an upload in flight finishes before the close, and
     # one that comes after it sees the prompt closed and stores nothing.
-    ids = list(prompts.select_for_update().order_by("pk").values_list("pk", flat=True))
+    # NO KEY UPDATE, not UPDATE: closing changes no key, so rows that merely reference these
+    # prompts (a scoring finish upserting its PromptModelStats row takes KEY SHARE on the
+    # prompt) go on beside it, while uploads (FOR SHARE) still wait for the close.
+    ids = list(prompts.select_for_update(no_key=True).order_by("pk").values_list("pk", flat=True))
     closed = prompts.update(closed_at=at or timezone.now())
     _count_closed_samples(ids)
     prompts_closed.send(sender=Prompt, prompt_ids=ids)
