@@ -6,5 +6,11 @@ class ContributorsConfig(AppConfig):
     verbose_name = "Contributors and work distribution"
 
     def ready(self) -> None:
+        from contributors.selectors import public_handles
+
         # The slot ledger's pre_delete receiver: connected in every process that loads models.
         from contributors.services import ledger  # noqa: F401
+        from scoring.publishing import attribution
+
+        # Releases credit contributors by the choice kept here; scoring cannot import it.
+        attribution.register(public_handles)

@@ -4,6 +4,7 @@ node, lease or sample is simply not found."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, cast
 
@@ -12,7 +13,7 @@ from django.db.models import Count, F, Q
 from django.http import Http404
 from django.utils import timezone
 
-from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState
+from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState, Profile
 from scoring import counters, disclosure
 from scoring.models import Prompt, PromptModelStats, PromptSet, Sample, SampleStatus
 
@@ -246,4 +247,15 @@ def _compute_stats() -> dict[str, Any]:
             "target": values[counters.SLOTS_TARGET],
             "filled": values[counters.SLOTS_FILLED],
         },
+    }
+
+
+def public_handles(user_ids: Iterable[int]) -> dict[int, str | None]:
+    """How releases credit each contributor (scoring.publishing.attribution's provider): the
+    handle of one who chose public attribution, None for one who did not."""
+    return {
+        user_id: handle if public else None
+        for user_id, handle, public in Profile.objects.filter(user_id__in=list(user_ids))
+        .values_list("user_id", "handle", "public_attribution")
+        .iterator(chunk_size=2000)
     }

@@ -66,6 +66,12 @@ class PromptSet(models.Model):
         default=1, help_text="How many times each slot's samples are collected (cross-checks)."
     )
     verifier_config = models.JSONField(default=dict, blank=True)
+    # Whether the set's licence lets us publish its prompts (and the gold of closed ones). A
+    # set that may not be redistributed is still collected and scored, never released.
+    redistributable = models.BooleanField(
+        default=True,
+        help_text="Its prompts may go into public releases (the licence allows redistribution).",
+    )
     # The last `Prompt.seq` handed out in this set (see Prompt.seq). Only ever grows.
     last_prompt_seq = models.BigIntegerField(default=0, editable=False)
 
@@ -489,3 +495,95 @@ class Counter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}[{self.shard}] = {self.value}"
+
+
+class ReleaseTarget(models.TextChoices):
+    LOCAL = "local", "Local folder (a git repository laid out like the Hub's)"
+    HUB = "hub", "Hugging Face Hub"
+
+
+class ReleaseState(models.TextChoices):
+    PENDING = "pending"
+    BUILDING = "building"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+class Release(models.Model):
+    """One numbered version of the dataset at one target (scoring/publishing/).
+
+    `version` counts per (target, repo_id) and is tagged `v<version>` there. A release is
+    `published` only once the target has confirmed its commit and tag; until then it is the
+    repository's one open release (a constraint), so a failed or interrupted publish is retried
+    under the same number and never makes a second release.
+    """
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    target = models.CharField(max_length=8, choices=ReleaseTarget.choices)
+    repo_id = models.CharField(max_length=200, help_text="ORG/NAME on the Hub.")
+    location = models.CharField(
+        max_length=500, blank=True, help_text="The local folder, or the Hub endpoint."
+    )
+    version = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=16, choices=ReleaseState.choices, default=ReleaseState.PENDING
+    )
+    policy = models.CharField(max_length=64, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    row_counts = models.JSONField(default=dict, blank=True, help_text="Rows per config.")
+    # Path in the repository -> sha256 of every file the release consists of.
+    files = models.JSONField(default=dict, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    commit_id = models.CharField(max_length=64, blank=True)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by each attempt's claim (scoring.publishing.service): a worker killed mid-build
+    # leaves `building`, which another attempt may take over once it is this old.
+    started_at = models.DateTimeField(null=True, blank=True)
+    claim = models.CharField(max_length=64, blank=True, editable=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    published_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target", "repo_id", "version"], name="release_unique_version"
+            ),
+            models.UniqueConstraint(
+                fields=["target", "repo_id"],
+                condition=~Q(state="published"),
+                name="release_one_open_per_repo",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.repo_id} {self.tag} ({self.target}, {self.state})"
+
+    @property
+    def tag(self) -> str:
+        return f"v{self.version}"
+
+
+class ReleasedPrompt(models.Model):
+    """The release of a repository that first published a prompt: every row of the prompt
+    carries that version (`release`), so a row that does not change keeps its bytes and its
+    shard need not be uploaded again. Written when a release is confirmed published."""
+
+    target = models.CharField(max_length=8, choices=ReleaseTarget.choices)
+    repo_id = models.CharField(max_length=200)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="+")
+    version = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target", "repo_id", "prompt"], name="releasedprompt_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.repo_id} v{self.version}: prompt {self.prompt_id}"

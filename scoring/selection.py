@@ -142,13 +142,18 @@ def _margin(chosen: Candidate, rejected: Candidate) -> float:
     return 1.0  # correct over incorrect, with no reward to say by how much
 
 
-def settled(prompt: Prompt) -> Any:
-    """The prompt's judged samples that are not held back (quarantined, banned contributor)."""
-    return Sample.objects.filter(
-        prompt=prompt,
+def settled_samples(samples: Any) -> Any:
+    """Of `samples`, the judged ones that are not held back (quarantined, banned or deactivated
+    contributor): what selections and releases are made of."""
+    return samples.filter(
         status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
         quarantined=False,
     ).exclude(Q(contributor__profile__banned=True) | Q(contributor__is_active=False))
+
+
+def settled(prompt: Prompt) -> Any:
+    """The prompt's judged samples that are not held back (quarantined, banned contributor)."""
+    return settled_samples(Sample.objects.filter(prompt=prompt))
 
 
 def eligible(prompt: Prompt) -> Any:
@@ -252,12 +257,33 @@ def sft_messages(sample: Sample) -> list[dict[str, str]]:
     reasoning inside <think>…</think> followed by the answer. A completion that kept its think
     block inline is used as it is."""
     prompt = sample.prompt
-    messages = [
-        {"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
-        for m in prompt.prompt_set.render_messages(prompt.messages)
+    reasoning, response = reasoning_and_response(sample.completion, sample.reasoning)
+    return [
+        *chat_messages(prompt.prompt_set.render_messages(prompt.messages)),
+        assistant_message(reasoning, response),
     ]
-    if sample.reasoning:
-        answer = f"<think>\n{sample.reasoning.strip()}\n</think>\n\n{sample.completion.strip()}"
-    else:
-        answer = sample.completion
-    return [*messages, {"role": "assistant", "content": answer}]
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """Stored chat messages as plain {role, content} strings (a prompt's JSON may hold more)."""
+    return [
+        {"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in messages
+    ]
+
+
+def reasoning_and_response(completion: str, reasoning: str | None) -> tuple[str, str]:
+    """A sample's reasoning and final response, however its server returned them: a separate
+    reasoning field, <think>…</think> in the completion, or only </think> (the chat template
+    opened the block). The verifiers split them the same way."""
+    from scoring.verifiers.base import Candidate
+    from scoring.verifiers.text import split_reasoning
+
+    return split_reasoning(Candidate(completion=completion, reasoning=reasoning or None))
+
+
+def assistant_message(reasoning: str, response: str) -> dict[str, str]:
+    """The assistant turn as R1 distillation data writes it: the reasoning inside
+    <think>…</think>, then the response."""
+    if reasoning:
+        return {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n{response}"}
+    return {"role": "assistant", "content": response}

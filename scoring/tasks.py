@@ -426,3 +426,20 @@ def score_rewards(sample_ids: list[int], model: str, version: int) -> int:
     for prompt_id in touched:
         rebuild_selections.apply_async((prompt_id,), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
     return len(touched)
+
+
+@shared_task(
+    name="scoring.publish_release",
+    queue="publish",
+    acks_late=True,
+    # A release of a million rows builds in under a minute, and uploads at the link's speed.
+    soft_time_limit=3 * 3600,
+    time_limit=3 * 3600 + 300,
+)
+def publish_release(release_id: int) -> str:
+    """Builds and publishes one release (scoring/publishing/service.py). Safe to run twice and
+    to redeliver: only one attempt claims the release, and a published one is left as it is.
+    Returns the release's final state."""
+    from scoring.publishing.service import run_release
+
+    return run_release(release_id=release_id).state

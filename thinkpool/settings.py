@@ -389,6 +389,25 @@ THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
 THINKPOOL_DECONTAM_BENCHMARKS = env_list("THINKPOOL_DECONTAM_BENCHMARKS", [])
 THINKPOOL_DECONTAM_NGRAM = env_int("THINKPOOL_DECONTAM_NGRAM", 8, minimum=3, maximum=50)
 
+# Releases (scoring/publishing/): `manage.py publish`, the admin's Releases page, the
+# `publish` queue. The licence a release is published under decides which prompt sets it may
+# mix (scoring/publishing/licenses.py); shards are cut at the size datasets.push_to_hub uses.
+THINKPOOL_RELEASE: dict[str, Any] = {
+    "license": env_str("THINKPOOL_RELEASE_LICENSE", "apache-2.0").lower(),
+    "max_shard_bytes": env_int(
+        "THINKPOOL_RELEASE_MAX_SHARD_BYTES", 500 * 1024 * 1024, minimum=1024
+    ),
+    # The local target's folders: <root>/<ORG>/<NAME> unless --path names one.
+    "local_root": VAR_DIR / "releases",
+    # Shards are built here before they are committed (removed afterwards).
+    "staging_root": VAR_DIR / "release-staging",
+    # The Hub (or a server that speaks its API); HF_TOKEN comes from the environment.
+    "hub_endpoint": os.environ.get("HF_ENDPOINT") or None,
+    "hub_private": env_bool("THINKPOOL_RELEASE_PRIVATE", False),
+    # A release left `building` this long (a worker killed mid-publish) may be taken over.
+    "stale_after_s": env_int("THINKPOOL_RELEASE_STALE_AFTER_S", 3 * 3600, minimum=60),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from scoring import stats
 from scoring.models import Prompt
-from scoring.selection import Policy, rebuild_prompt
+from scoring.selection import configured_policy, rebuild_prompt
 
 
 class Command(BaseCommand):
@@ -29,7 +29,7 @@ class Command(BaseCommand):
         ids = list(prompts.order_by("pk").values_list("pk", flat=True))
         if options["stats"]:
             stats.recompute(prompt_ids=ids)
-        policy = Policy()
+        policy = configured_policy()
         sft = pairs = rl = 0
         for prompt_id in ids:
             picks = rebuild_prompt(prompt_id=prompt_id, policy=policy)

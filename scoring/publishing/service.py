@@ -1,0 +1,416 @@
+"""Building and publishing releases: the one place a release changes state.
+
+    start_release()  the repository's open release (a failed or interrupted one is retried
+                     under its own number), or a new one numbered after the last published;
+    run_release()    claims it (a conditional UPDATE, so two workers never build one release),
+                     builds its shards and card from one snapshot of the database, commits them
+                     on top of the target's head, tags `vN`, and only then marks it published.
+
+A release is recorded as published only after the target confirmed both commit and tag. A
+failure anywhere leaves it `failed` with the error, and the next attempt publishes it once:
+work that reached the target before the failure (a commit, a tag) is recognised by the
+release's marker in its message and not done again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+
+from scoring.models import (
+    Prompt,
+    PromptSet,
+    Release,
+    ReleasedPrompt,
+    ReleaseState,
+    ReleaseTarget,
+)
+from scoring.publishing import licenses
+from scoring.publishing.attribution import Attribution
+from scoring.publishing.card import CardInput, Source, build_card
+from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats
+from scoring.publishing.shards import ShardWriter, file_digests
+from scoring.publishing.targets import (
+    ConcurrentPublish,
+    HubTarget,
+    LocalTarget,
+    PublishError,
+    Target,
+)
+from scoring.selection import Policy, configured_policy
+
+logger = logging.getLogger(__name__)
+
+# The Hub's rule for a repository id: namespace/name, letters, digits, "-", "_", ".".
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+class ReleaseError(Exception):
+    """A release cannot be started (bad input, a target that does not exist)."""
+
+
+def release_settings() -> dict[str, Any]:
+    return dict(settings.THINKPOOL_RELEASE)
+
+
+def validate_repo_id(repo_id: str) -> str:
+    if not REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
+        raise ReleaseError(f"{repo_id!r} is not a Hub repository id (ORG/NAME).")
+    return repo_id
+
+
+def default_path(repo_id: str) -> Path:
+    return Path(release_settings()["local_root"]) / repo_id
+
+
+def start_release(
+    *,
+    target: str,
+    repo_id: str,
+    path: str | Path | None = None,
+    triggered_by: Any = None,
+) -> Release:
+    """The release to publish next to (target, repo): its open one, else a new one."""
+    if target not in ReleaseTarget.values:
+        raise ReleaseError(f"Unknown target {target!r}: local or hub.")
+    validate_repo_id(repo_id)
+    if target == ReleaseTarget.LOCAL:
+        location = str(Path(path) if path else default_path(repo_id))
+    else:
+        if path:
+            raise ReleaseError("--path is for the local target.")
+        location = release_settings()["hub_endpoint"] or "https://huggingface.co"
+    for _ in range(3):
+        existing = (
+            Release.objects.filter(target=target, repo_id=repo_id)
+            .exclude(state=ReleaseState.PUBLISHED)
+            .first()
+        )
+        if existing is not None:
+            if existing.location != location:
+                raise ReleaseError(
+                    f"{repo_id} has an unpublished release v{existing.version} for "
+                    f"{existing.location}; publish or delete it first."
+                )
+            return existing
+        last = (
+            Release.objects.filter(target=target, repo_id=repo_id).aggregate(v=Max("version"))["v"]
+            or 0
+        )
+        try:
+            with transaction.atomic():
+                return Release.objects.create(
+                    target=target,
+                    repo_id=repo_id,
+                    location=location,
+                    version=last + 1,
+                    triggered_by=triggered_by,
+                )
+        except IntegrityError:
+            # Someone started one at the same moment: theirs is the open release; take it.
+            continue
+    raise ReleaseError(f"Could not start a release of {repo_id}: too many concurrent starts.")
+
+
+def make_target(release: Release) -> Target:
+    conf = release_settings()
+    if release.target == ReleaseTarget.LOCAL:
+        return LocalTarget(Path(release.location))
+    return HubTarget(
+        release.repo_id,
+        endpoint=conf["hub_endpoint"],
+        private=conf["hub_private"],
+        retry_base=conf.get("retry_base_s", 1.0),
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class Build:
+    """What one attempt built: files in the staging folder and what the record keeps."""
+
+    root: Path
+    files: dict[str, tuple[Path, str, str]] = field(default_factory=dict)  # sha256, git oid
+    row_counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    policy: Policy | None = None
+    new_prompts: array = field(default_factory=lambda: array("q"))
+
+
+class _NewPromptRecorder(RowReader):
+    """The row reader, noting the prompts this release publishes first (ReleasedPrompt rows
+    are written once the release is confirmed)."""
+
+    def __init__(self, scope: Scope, build: Build, **kwargs: Any) -> None:
+        super().__init__(scope, **kwargs)
+        self._build = build
+
+    def _read_chunk(self, chunk: list[tuple[int, int]], out: Any) -> None:
+        super()._read_chunk(chunk, out)
+        self._build.new_prompts.extend(pk for pk, first in chunk if first == self.scope.version)
+
+
+def admitted_sets(release_license: str) -> tuple[list[PromptSet], list[tuple[str, str]]]:
+    """The prompt sets a release under `release_license` may hold, and those left out (with
+    the reason) that have closed prompts to publish."""
+    admitted, left_out = [], []
+    for prompt_set in PromptSet.objects.order_by("name"):
+        decision = licenses.admits(
+            release_license=release_license,
+            source_license=prompt_set.license,
+            redistributable=prompt_set.redistributable,
+        )
+        if decision.included:
+            admitted.append(prompt_set)
+        elif Prompt.objects.filter(prompt_set=prompt_set, closed_at__isnull=False).exists():
+            left_out.append((prompt_set.name, decision.reason))
+    return admitted, left_out
+
+
+def build_release(
+    release: Release, root: Path, *, max_shard_bytes: int | None = None, chunk: int = 0
+) -> Build:
+    """Writes the release's shards and card into `root`, from one snapshot of the database."""
+    conf = release_settings()
+    release_license = conf["license"]
+    if not licenses.is_known_release_license(release_license):
+        raise PublishError(f"THINKPOOL_RELEASE_LICENSE {release_license!r} is not a known licence.")
+    build = Build(root=root)
+    policy = build.policy = configured_policy()
+    built_at = timezone.now()
+    root.mkdir(parents=True, exist_ok=True)
+    with _snapshot():
+        sets, left_out = admitted_sets(release_license)
+        for name, reason in left_out:
+            message = f"prompt set {name} left out: {reason}"
+            logger.warning("release %s v%s: %s", release.repo_id, release.version, message)
+            build.warnings.append(message)
+        scope = Scope(
+            version=release.version,
+            target=release.target,
+            repo_id=release.repo_id,
+            policy=policy,
+            set_ids=tuple(s.pk for s in sets),
+        )
+        attribution = Attribution()
+        reader = _NewPromptRecorder(scope, build, attribution=attribution, chunk=chunk)
+        writers = {
+            config: ShardWriter(
+                root,
+                config,
+                SCHEMAS[config],
+                max_bytes=max_shard_bytes or conf["max_shard_bytes"],
+            )
+            for config in CONFIGS
+        }
+        for config, batch in reader.batches():
+            writers[config].write(batch)
+        shards = {config: writer.close() for config, writer in writers.items()}
+        contamination: Counter[str] = Counter()
+        contaminated = 0
+        for (matches,) in (
+            Prompt.objects.filter(
+                prompt_set_id__in=scope.set_ids, closed_at__isnull=False, contaminated=True
+            )
+            .values_list("contamination")
+            .iterator(chunk_size=2000)
+        ):
+            contaminated += 1
+            for benchmark in {m.get("benchmark", "?") for m in matches if isinstance(m, dict)}:
+                contamination[str(benchmark)] += 1
+    stats: Stats = reader.stats
+    build.row_counts = {config: writers[config].rows for config in CONFIGS}
+    if not any(build.row_counts.values()):
+        raise PublishError(
+            "Nothing to publish: no closed, uncontaminated prompt of an admitted set has judged "
+            "samples yet."
+        )
+    for config_shards in shards.values():
+        for shard in config_shards:
+            build.files[shard.path] = (shard.local, shard.sha256, shard.git_oid)
+    card = build_card(
+        CardInput(
+            repo_id=release.repo_id,
+            version=release.version,
+            license=release_license,
+            built_at=built_at,
+            policy=policy,
+            stats=stats,
+            files={config: [s.path for s in shards[config]] for config in CONFIGS if shards[config]},
+            sources=[
+                Source(s.name, s.license, s.source, stats.prompts_per_source[s.name])
+                for s in sets
+                if stats.prompts_per_source[s.name]
+            ],
+            left_out=left_out,
+            contamination=dict(contamination),
+            contaminated_prompts=contaminated,
+        )
+    )
+    readme = root / "README.md"
+    readme.write_text(str(card), encoding="utf-8")
+    sha256, oid, _ = file_digests(readme)
+    build.files["README.md"] = (readme, sha256, oid)
+    return build
+
+
+class _snapshot:
+    """One consistent view of the database for the whole build (PostgreSQL: a read-only
+    REPEATABLE READ transaction), so counts, card and rows agree. Inside a caller's transaction
+    (tests) it reads in that one."""
+
+    def __enter__(self) -> None:
+        self._atomic = transaction.atomic()
+        outer = connection.in_atomic_block
+        self._atomic.__enter__()
+        if connection.vendor == "postgresql" and not outer:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._atomic.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def marker(release: Release) -> str:
+    return f"Thinkpool-Release: {release.uid}"
+
+
+def commit_message(release: Release, build: Build) -> str:
+    counts = ", ".join(f"{config} {n:,}" for config, n in build.row_counts.items())
+    return f"Release {release.tag}\n\nRows: {counts}.\n\n{marker(release)}"
+
+
+def publish_to(target: Target, release: Release, build: Build) -> str:
+    """Commits the build on top of the target's head and tags it; returns the commit. Work an
+    earlier attempt of this release already did there is recognised and not repeated."""
+    target.prepare()
+    target.validate_card(build.files["README.md"][0].read_text(encoding="utf-8"))
+    mark = marker(release)
+    message = commit_message(release, build)
+    tagged = target.tag_commit(release.tag)
+    if tagged is not None:
+        if mark in target.message(tagged):
+            return tagged
+        raise PublishError(
+            f"{release.tag} already exists at {target.location} and is not this release: the "
+            "database and the target disagree about which versions exist."
+        )
+    head = target.head()
+    if head is not None and mark in target.message(head):
+        commit = head  # an earlier attempt committed, then failed before tagging
+    else:
+        remote = target.files(head) if head is not None else {}
+        adds = [
+            (path, local)
+            for path, (local, sha256, oid) in build.files.items()
+            if not (path in remote and remote[path].same_as(sha256, oid))
+        ]
+        # data/ is the releases' own: a shard the new layout no longer has goes.
+        deletes = sorted(p for p in remote if p.startswith("data/") and p not in build.files)
+        try:
+            commit = target.commit(adds=adds, deletes=deletes, message=message, parent=head)
+        except ConcurrentPublish:
+            # A commit that the target took although the answer was lost, then retried.
+            now = target.head()
+            if now is None or mark not in target.message(now):
+                raise
+            commit = now
+    try:
+        target.tag(tag=release.tag, revision=commit, message=message)
+    except Exception:
+        if target.tag_commit(release.tag) != commit:
+            raise
+    return commit
+
+
+def run_release(*, release_id: int, max_shard_bytes: int | None = None, chunk: int = 0) -> Release:
+    """Builds and publishes one release, once. Returns it in its final state; re-raises what
+    made it fail (after recording it). A release someone else is building, or one already
+    published, is returned as it is."""
+    conf = release_settings()
+    claim = uuid.uuid4().hex
+    now = timezone.now()
+    stale = now - timedelta(seconds=conf["stale_after_s"])
+    claimed = (
+        Release.objects.filter(pk=release_id)
+        .filter(
+            Q(state__in=[ReleaseState.PENDING, ReleaseState.FAILED])
+            | Q(state=ReleaseState.BUILDING, started_at__lt=stale)
+        )
+        .update(
+            state=ReleaseState.BUILDING,
+            claim=claim,
+            started_at=now,
+            attempts=F("attempts") + 1,
+            error="",
+        )
+    )
+    release = Release.objects.get(pk=release_id)
+    if not claimed:
+        return release
+    staging = Path(conf["staging_root"]) / str(release.uid)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        build = build_release(release, staging, max_shard_bytes=max_shard_bytes, chunk=chunk)
+        commit = publish_to(make_target(release), release, build)
+    except BaseException as exc:
+        Release.objects.filter(pk=release_id, claim=claim).update(
+            state=ReleaseState.FAILED, error=f"{type(exc).__name__}: {exc}"[:5000]
+        )
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _record_published(release, claim, commit, build)
+    release.refresh_from_db()
+    return release
+
+
+@transaction.atomic
+def _record_published(release: Release, claim: str, commit: str, build: Build) -> None:
+    policy = build.policy
+    done = Release.objects.filter(pk=release.pk, claim=claim, state=ReleaseState.BUILDING).update(
+        state=ReleaseState.PUBLISHED,
+        commit_id=commit,
+        published_at=timezone.now(),
+        row_counts=build.row_counts,
+        files={path: sha256 for path, (_, sha256, _) in build.files.items()},
+        warnings=build.warnings,
+        policy=policy.label if policy else "",
+        policy_version=policy.version if policy else None,
+    )
+    if not done:
+        # Taken over as stale while we worked: the target has our commit; the other attempt
+        # recognises it by the marker and records it.
+        logger.warning("release %s lost its claim before it was recorded", release.pk)
+        return
+    for start in range(0, len(build.new_prompts), 5000):
+        ReleasedPrompt.objects.bulk_create(
+            [
+                ReleasedPrompt(
+                    target=release.target,
+                    repo_id=release.repo_id,
+                    prompt_id=pk,
+                    version=release.version,
+                )
+                for pk in build.new_prompts[start : start + 5000]
+            ],
+            ignore_conflicts=True,
+        )
