@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+from datetime import timedelta
+from functools import partial
+from pathlib import PurePath
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import QuerySet, Sum
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from scoring.models import (
     PreferencePair,
@@ -12,6 +23,10 @@ from scoring.models import (
     PromptGold,
     PromptModelStats,
     PromptSet,
+    Release,
+    ReleasedPrompt,
+    ReleaseState,
+    ReleaseTarget,
     RewardScore,
     Sample,
     SampleStatus,
@@ -27,6 +42,7 @@ class PromptSetAdmin(admin.ModelAdmin):
         "name",
         "domain",
         "license",
+        "redistributable",
         "is_active",
         "priority",
         "prompt_count",
@@ -35,10 +51,23 @@ class PromptSetAdmin(admin.ModelAdmin):
         "temperatures",
         "samples_per_prompt",
     ]
-    list_filter = ["domain", "is_active", "license"]
+    list_filter = ["domain", "is_active", "license", "redistributable"]
     search_fields = ["name", "description", "source"]
     fieldsets = [
-        (None, {"fields": ["name", "description", "domain", "license", "source", "is_active"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "description",
+                    "domain",
+                    "license",
+                    "redistributable",
+                    "source",
+                    "is_active",
+                ]
+            },
+        ),
         (
             "Sampling plan",
             {
@@ -322,3 +351,267 @@ class RewardScoreAdmin(_ReadOnly):
     list_display = ["sample", "reward_model", "version", "raw", "normalised", "truncated"]
     list_filter = ["reward_model", "version", "truncated"]
     raw_id_fields = ["sample"]
+
+
+# --- releases (scoring/publishing/) ---------------------------------------------------------
+# The publishing code (pyarrow, huggingface_hub) is imported only when a release is started,
+# never when the admin loads.
+
+
+def _stale(release: Release) -> bool:
+    """A `building` release whose worker is gone: the next attempt may take it over."""
+    after = timedelta(seconds=settings.THINKPOOL_RELEASE["stale_after_s"])
+    return release.started_at is None or release.started_at < timezone.now() - after
+
+
+def _retryable(release: Release) -> bool:
+    if release.state in (ReleaseState.PENDING, ReleaseState.FAILED):
+        return True
+    return release.state == ReleaseState.BUILDING and _stale(release)
+
+
+def _queue_publish(release_id: int) -> None:
+    from scoring.tasks import publish_release
+
+    publish_release.delay(release_id)
+
+
+def _named(releases: list[Release]) -> str:
+    return ", ".join(f"{r.repo_id} {r.tag} ({r.target}, {r.state})" for r in releases)
+
+
+class PublishForm(forms.Form):
+    target = forms.ChoiceField(choices=ReleaseTarget.choices, initial=ReleaseTarget.LOCAL)
+    repo_id = forms.CharField(
+        label="Repository", max_length=200, help_text="ORG/NAME, as on the Hub."
+    )
+    path = forms.CharField(
+        required=False,
+        max_length=500,
+        help_text="Local target only: an absolute folder. Empty: var/releases/ORG/NAME.",
+    )
+
+    def clean_repo_id(self) -> str:
+        from scoring.publishing.service import ReleaseError, validate_repo_id
+
+        repo_id: str = self.cleaned_data["repo_id"]
+        try:
+            return validate_repo_id(repo_id)
+        except ReleaseError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        folder = cleaned.get("path") or ""
+        if folder and cleaned.get("target") != ReleaseTarget.LOCAL:
+            self.add_error("path", "A path is for the local target only.")
+        elif folder and not PurePath(folder).is_absolute():
+            # The worker that publishes runs elsewhere: a relative path would be its own.
+            self.add_error("path", "An absolute path, please.")
+        return cleaned
+
+
+@admin.register(Release)
+class ReleaseAdmin(admin.ModelAdmin):
+    """Releases are made and moved on by the publisher only (scoring.publishing.service): every
+    field is read-only. A published release is never deleted (its number is tagged at the
+    target); an unpublished one may be, which is how a maintainer abandons a stuck number."""
+
+    list_display = [
+        "shown_tag",
+        "repo_id",
+        "target",
+        "state",
+        "shown_row_counts",
+        "short_commit",
+        "published_at",
+        "triggered_by",
+        "attempts",
+    ]
+    list_display_links = ["shown_tag"]
+    list_filter = ["target", "state"]
+    search_fields = ["repo_id"]
+    list_select_related = ["triggered_by"]
+    _record = (
+        "repo_id",
+        "tag",
+        "target",
+        "location",
+        "state",
+        "attempts",
+        "triggered_by",
+        "created_at",
+        "started_at",
+        "published_at",
+        "commit_id",
+        "uid",
+    )
+    _contents = ("shown_row_counts", "policy", "policy_version", "shown_warnings", "files_manifest")
+    fieldsets = [
+        (None, {"fields": _record}),
+        ("Contents", {"fields": _contents}),
+        ("Last error", {"fields": ["shown_error"]}),
+    ]
+    readonly_fields = [*_record, *_contents, "shown_error"]
+    actions = ["retry"]
+
+    # --- permissions: the publisher writes releases, the admin only looks and starts them
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # started with "Publish a release" (publish_view), never made by hand
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        if isinstance(obj, Release):
+            # Not a published one, nor one a worker is building right now (the bulk delete
+            # asks this of each selected release too).
+            if obj.state == ReleaseState.PUBLISHED:
+                return False
+            if obj.state == ReleaseState.BUILDING and not _stale(obj):
+                return False
+        return True
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.add_{self.opts.model_name}")
+
+    # --- list and detail
+
+    @admin.display(description="version", ordering="version")
+    def shown_tag(self, obj: Release) -> str:
+        return obj.tag
+
+    @admin.display(description="rows")
+    def shown_row_counts(self, obj: Release) -> str:
+        counts = obj.row_counts if isinstance(obj.row_counts, dict) else {}
+        return " · ".join(f"{config} {n:,}" for config, n in counts.items()) or "-"
+
+    @admin.display(description="commit", ordering="commit_id")
+    def short_commit(self, obj: Release) -> str:
+        return obj.commit_id[:12] or "-"
+
+    @admin.display(description="warnings")
+    def shown_warnings(self, obj: Release) -> str:
+        warnings = obj.warnings if isinstance(obj.warnings, list) else [obj.warnings]
+        if not warnings:
+            return "-"
+        return format_html(
+            "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((str(w),) for w in warnings))
+        )
+
+    @admin.display(description="error")
+    def shown_error(self, obj: Release) -> str:
+        if not obj.error:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.error)
+
+    @admin.display(description="files (path → sha256)")
+    def files_manifest(self, obj: Release) -> str:
+        files = obj.files if isinstance(obj.files, dict) else {}
+        if not files:
+            return "-"
+        return format_html(
+            "<table><thead><tr><th>path</th><th>sha256</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                ((str(p), str(digest)) for p, digest in sorted(files.items())),
+            ),
+        )
+
+    # --- starting and retrying
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "publish/",
+                self.admin_site.admin_view(self.publish_view),
+                name="{}_{}_publish".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "has_publish_permission": self.has_publish_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def publish_view(self, request: HttpRequest) -> HttpResponse:
+        """A form that starts the next release of a repository (or retries its unpublished
+        one) and queues it on the publish queue once the release's row is committed."""
+        if not self.has_publish_permission(request):
+            raise PermissionDenied
+        form = PublishForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            from scoring.publishing.service import ReleaseError, start_release
+
+            data = form.cleaned_data
+            try:
+                with transaction.atomic():
+                    release = start_release(
+                        target=data["target"],
+                        repo_id=data["repo_id"],
+                        path=data["path"] or None,
+                        triggered_by=request.user,
+                    )
+                    transaction.on_commit(partial(_queue_publish, release.pk))
+            except ReleaseError as exc:
+                form.add_error(None, str(exc))
+            else:
+                retried = (
+                    ""
+                    if release.state == ReleaseState.PENDING
+                    else (f" (it was {release.state}: retried under its number)")
+                )
+                self.message_user(
+                    request,
+                    f"Queued {release.tag} of {release.repo_id} to {release.target}{retried}.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(
+                    reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Publish a release",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/scoring/release/publish.html", context)
+
+    @admin.action(description="Retry the selected unpublished releases", permissions=["publish"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        queued: list[Release] = []
+        skipped: list[Release] = []
+        for release in queryset.order_by("repo_id", "target", "version"):
+            (queued if _retryable(release) else skipped).append(release)
+        for release in queued:
+            transaction.on_commit(partial(_queue_publish, release.pk))
+        if queued:
+            self.message_user(request, f"Queued {len(queued)}: {_named(queued)}.", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"Skipped {len(skipped)} (published, or being built): {_named(skipped)}.",
+                messages.WARNING,
+            )
+
+
+@admin.register(ReleasedPrompt)
+class ReleasedPromptAdmin(_ReadOnly):
+    """Which release of a repository first published each prompt (written on publish)."""
+
+    list_display = ["prompt", "repo_id", "target", "version"]
+    list_filter = ["target"]
+    search_fields = ["repo_id", "=prompt__external_id"]
+    list_select_related = ["prompt__prompt_set"]
+    raw_id_fields = ["prompt"]
+    show_full_result_count = False

@@ -98,3 +98,37 @@ def timing_problems() -> list[tuple[str, str]]:
 @register("scoring")
 def check_scoring_timing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return [Error(message, id=check_id) for check_id, message in timing_problems()]
+
+
+@register("scoring")
+def check_releases(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A release licence the publisher cannot reason about would make every release fail; a
+    release a live task still builds must never look abandoned (its broker message can be
+    delivered again while it runs: the copy must find it claimed)."""
+    from scoring.publishing import licenses
+    from scoring.tasks import publish_release
+
+    problems: list[CheckMessage] = []
+    stale_after = settings.THINKPOOL_RELEASE["stale_after_s"]
+    if publish_release.time_limit is None or stale_after <= publish_release.time_limit:
+        problems.append(
+            Error(
+                f"THINKPOOL_RELEASE_STALE_AFTER_S ({stale_after} s) must be longer than the "
+                f"publish task's time_limit ({publish_release.time_limit} s), or a release "
+                "still being published may be taken over and built twice.",
+                id="scoring.E011",
+            )
+        )
+    license_id = settings.THINKPOOL_RELEASE["license"]
+    if licenses.is_known_release_license(license_id):
+        return problems
+    return [
+        *problems,
+        Error(
+            f"THINKPOOL_RELEASE_LICENSE={license_id!r} is not a licence releases know how to mix "
+            "sources under.",
+            hint="Use a Hub licence id such as apache-2.0, mit, cc-by-4.0, cc-by-sa-4.0 or "
+            "cc-by-nc-4.0 (scoring/publishing/licenses.py).",
+            id="scoring.E010",
+        ),
+    ]

@@ -2,10 +2,12 @@
 # The system packages a target needs, installed when this machine lets us, else one command to run.
 #
 #   scripts/system-deps.sh venv   python3-venv, when .venv does not exist yet
-#   scripts/system-deps.sh run    make run: venv, and bubblewrap for the code sandbox (optional)
+#   scripts/system-deps.sh run    make run: venv, and bubblewrap for the code sandbox and git for
+#                                 releases to a local folder (both optional)
 #   scripts/system-deps.sh test   make test: venv, PostgreSQL and Redis for the second pass
-#                                 (unless PG_TEST_URL / REDIS_TEST_URL name running ones), and
-#                                 bubblewrap (optional: without it the sandbox tests skip)
+#                                 (unless PG_TEST_URL / REDIS_TEST_URL name running ones), git
+#                                 (the release tests), and bubblewrap (optional: without it the
+#                                 sandbox tests skip)
 #   scripts/system-deps.sh ci     .ci/run: everything above, plus make, always
 #
 # As root with apt-get (these machines, CI, a container) the missing packages are installed.
@@ -30,6 +32,7 @@ venv)
 run)
     need_venv
     command -v bwrap >/dev/null || optional+=(bubblewrap)
+    command -v git >/dev/null || optional+=(git)
     ;;
 test)
     need_venv
@@ -38,6 +41,7 @@ test)
         { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } ||
             required+=(redis-server)
     fi
+    command -v git >/dev/null || required+=(git)
     command -v bwrap >/dev/null || optional+=(bubblewrap)
     ;;
 ci)
@@ -47,6 +51,7 @@ ci)
     have_postgres || required+=(postgresql)
     command -v redis-server >/dev/null || required+=(redis-server)
     command -v bwrap >/dev/null || required+=(bubblewrap)
+    command -v git >/dev/null || required+=(git)
     ;;
 *)
     echo "usage: $0 venv|run|test|ci" >&2

@@ -404,8 +404,9 @@ THINKPOOL_RELEASE: dict[str, Any] = {
     # The Hub (or a server that speaks its API); HF_TOKEN comes from the environment.
     "hub_endpoint": os.environ.get("HF_ENDPOINT") or None,
     "hub_private": env_bool("THINKPOOL_RELEASE_PRIVATE", False),
-    # A release left `building` this long (a worker killed mid-publish) may be taken over.
-    "stale_after_s": env_int("THINKPOOL_RELEASE_STALE_AFTER_S", 3 * 3600, minimum=60),
+    # A release left `building` this long (a worker killed mid-publish) may be taken over:
+    # longer than the publish task may run (scoring.E011), so a live attempt is never taken.
+    "stale_after_s": env_int("THINKPOOL_RELEASE_STALE_AFTER_S", 4 * 3600, minimum=60),
 }
 
 LOGGING = {

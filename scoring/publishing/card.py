@@ -51,11 +51,14 @@ def size_category(rows: int) -> str:
         (10_000_000, "1M<n<10M"),
         (100_000_000, "10M<n<100M"),
         (1_000_000_000, "100M<n<1B"),
+        (10_000_000_000, "1B<n<10B"),
+        (100_000_000_000, "10B<n<100B"),
+        (1_000_000_000_000, "100B<n<1T"),
     ]
     for bound, label in bounds:
         if rows < bound:
             return label
-    return "n>1T" if rows >= 1_000_000_000_000 else "1B<n<10B"
+    return "n>1T"
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ goes into it only when its own licence lets its prompts be redistributed under t
 
 * permissive licences (MIT, Apache-2.0, BSD, CC0, CC-BY, ODC-By, ...) go into any release: they
   ask for attribution, which the dataset card gives by listing every source and licence;
-* share-alike (CC-BY-SA) needs a CC-BY-SA release; non-commercial (CC-BY-NC) an NC release, and
-  both together CC-BY-NC-SA;
+* share-alike (CC-BY-SA, ODbL, CC-BY-NC-SA, ...) needs a release under the same licence, or a
+  later version where the licence allows that; non-commercial (CC-BY-NC) any NC release;
 * anything else (an unknown id, "other", a proprietary or no-derivatives licence) goes into no
   release: we cannot tell it is allowed, so it is left out with a warning, never guessed.
 
@@ -37,17 +37,21 @@ PERMISSIVE = frozenset(
         "cdla-permissive-2.0",
     }
 )
-SHARE_ALIKE = frozenset({"cc-by-sa-3.0", "cc-by-sa-4.0", "odbl", "cdla-sharing-1.0"})
 NON_COMMERCIAL = frozenset({"cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0"})
-NC_SHARE_ALIKE = frozenset({"cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0"})
-
-# Release licence -> the families of source licences it can carry.
-_ACCEPTS: dict[str, tuple[frozenset[str], ...]] = {
-    **{lic: (PERMISSIVE,) for lic in PERMISSIVE},
-    **{lic: (PERMISSIVE, SHARE_ALIKE) for lic in SHARE_ALIKE},
-    **{lic: (PERMISSIVE, NON_COMMERCIAL) for lic in NON_COMMERCIAL},
-    **{lic: (PERMISSIVE, SHARE_ALIKE, NON_COMMERCIAL, NC_SHARE_ALIKE) for lic in NC_SHARE_ALIKE},
+# Share-alike sources, by the release licences each may be adapted under: its own, or a later
+# version where the licence allows that (CC BY-SA 3.0 §4(b), BY-NC-SA 3.0 §4(b)). ODbL and
+# CDLA-Sharing allow only themselves.
+SHARE_ALIKE: dict[str, frozenset[str]] = {
+    "cc-by-sa-3.0": frozenset({"cc-by-sa-3.0", "cc-by-sa-4.0"}),
+    "cc-by-sa-4.0": frozenset({"cc-by-sa-4.0"}),
+    "odbl": frozenset({"odbl"}),
+    "cdla-sharing-1.0": frozenset({"cdla-sharing-1.0"}),
+    "cc-by-nc-sa-2.0": frozenset({"cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0"}),
+    "cc-by-nc-sa-3.0": frozenset({"cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0"}),
+    "cc-by-nc-sa-4.0": frozenset({"cc-by-nc-sa-4.0"}),
 }
+NC_RELEASES = NON_COMMERCIAL | {lic for lic in SHARE_ALIKE if lic.startswith("cc-by-nc-sa")}
+RELEASE_LICENSES = PERMISSIVE | NON_COMMERCIAL | frozenset(SHARE_ALIKE)
 
 
 def normalise(license_id: str) -> str:
@@ -55,7 +59,18 @@ def normalise(license_id: str) -> str:
 
 
 def is_known_release_license(license_id: str) -> bool:
-    return normalise(license_id) in _ACCEPTS
+    return normalise(license_id) in RELEASE_LICENSES
+
+
+def _allowed(source: str, release: str) -> bool:
+    if source in PERMISSIVE:
+        return True  # attribution only: the card lists the source
+    if source in SHARE_ALIKE:
+        return release in SHARE_ALIKE[source]
+    if source in NON_COMMERCIAL:
+        # Adaptable under any licence that keeps the NC terms.
+        return release in NC_RELEASES
+    return False
 
 
 @dataclass(frozen=True)
@@ -70,13 +85,12 @@ def admits(*, release_license: str, source_license: str, redistributable: bool) 
         return Decision(False, "marked not redistributable")
     source = normalise(source_license)
     release = normalise(release_license)
-    families = _ACCEPTS.get(release)
-    if families is None:
+    if release not in RELEASE_LICENSES:
         return Decision(False, f"release licence {release_license!r} is not one this knows")
     if not source:
         return Decision(False, "no licence given")
-    if any(source in family for family in families):
+    if _allowed(source, release):
         return Decision(True)
-    if source not in _ACCEPTS:
+    if source not in RELEASE_LICENSES:
         return Decision(False, f"licence {source_license!r} is not one known to allow this")
     return Decision(False, f"licence {source_license!r} cannot be released under {release}")

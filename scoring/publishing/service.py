@@ -251,7 +251,9 @@ def build_release(
             built_at=built_at,
             policy=policy,
             stats=stats,
-            files={config: [s.path for s in shards[config]] for config in CONFIGS if shards[config]},
+            files={
+                config: [s.path for s in shards[config]] for config in CONFIGS if shards[config]
+            },
             sources=[
                 Source(s.name, s.license, s.source, stats.prompts_per_source[s.name])
                 for s in sets
