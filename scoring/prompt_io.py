@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,18 +125,42 @@ def _read_parquet(path: Path, field_map: dict[str, str]) -> Iterator[RawRow]:
         yield _row(index, item, field_map)
 
 
+# Data files of a Hub dataset repository, as `datasets` finds a split's files when the card
+# names none: a file or folder named after the split (data/train-00000-of-00001.parquet,
+# train.jsonl, train/0000.parquet).
+_HUB_FORMATS = (".parquet", ".jsonl", ".json", ".csv")
+
+
+def _split_files(paths: list[str], split: str) -> list[str]:
+    pattern = re.compile(rf"(^|/){re.escape(split)}([-._ 0-9/]|$)")
+    return sorted(
+        p for p in paths if p.lower().endswith(_HUB_FORMATS) and pattern.search(p.lower())
+    )
+
+
 def _read_hub_dataset(name: str, field_map: dict[str, str]) -> Iterator[RawRow]:
+    """`org/name[:split]` (split `train` by default): the split's data files in the dataset
+    repository, downloaded with huggingface_hub (cached; HF_TOKEN for private ones) and read
+    like local files. Rows are numbered across the files in path order."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    repo_id, _, split = name.partition(":")
+    split = (split or "train").lower()
     try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError as exc:
+        files = _split_files(HfApi().list_repo_files(repo_id, repo_type="dataset"), split)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as exc:
+        raise PromptFileError(f"{name}: could not list the dataset's files ({exc})") from exc
+    if not files:
         raise PromptFileError(
-            f"{name}: not a file; to import a Hugging Face dataset by name, "
-            "install the `datasets` package (and allow network access)."
-        ) from exc
-    dataset_name, _, split = name.partition(":")
-    try:
-        ds = datasets.load_dataset(dataset_name, split=split or "train")
-    except Exception as exc:
-        raise PromptFileError(f"{name}: could not load the dataset ({exc})") from exc
-    for index, item in enumerate(ds, start=1):
-        yield _row(index, item, field_map)
+            f"{name}: the dataset has no {'/'.join(_HUB_FORMATS)} files for split {split!r}"
+        )
+    index = 0
+    for path_in_repo in files:
+        try:
+            local = hf_hub_download(repo_id, path_in_repo, repo_type="dataset")
+        except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as exc:
+            raise PromptFileError(f"{name}: could not download {path_in_repo} ({exc})") from exc
+        for row in read_rows(local, field_map):
+            index += 1
+            yield RawRow(index, row.data, row.error)

@@ -25,7 +25,7 @@ from scoring.publishing import targets
 from scoring.publishing.service import ReleaseError, run_release, start_release
 from scoring.selection import configured_policy, rebuild_prompt
 from tests.factories import PromptFactory, PromptSetFactory, UserFactory
-from tests.scoring.publishing.conftest import R, V, add_sample, make_dataset
+from tests.scoring.publishing.conftest import V, add_sample, make_dataset
 
 CONFIGS = ["sft", "preference", "rl", "raw"]
 

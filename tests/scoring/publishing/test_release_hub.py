@@ -27,7 +27,7 @@ REPO = "thinkpool/r1-traces"
 
 
 @pytest.fixture
-def hub(hub_server, release_dirs, settings, monkeypatch):  # noqa: F811
+def hub(hub_server, release_dirs, settings, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     settings.THINKPOOL_RELEASE = {**settings.THINKPOOL_RELEASE, "hub_endpoint": hub_server.url}
     return hub_server
