@@ -201,7 +201,12 @@ class Prompt(models.Model):
             models.UniqueConstraint(fields=["prompt_set", "text_hash"], name="prompt_unique_text"),
             models.UniqueConstraint(fields=["prompt_set", "seq"], name="prompt_unique_seq"),
         ]
-        indexes = [models.Index(fields=["prompt_set", "external_id"])]
+        indexes = [
+            models.Index(fields=["prompt_set", "external_id"]),
+            # Twins across sets (same normalised text): a release holds back a closed prompt
+            # whose twin is still open (scoring/publishing/rows.py).
+            models.Index(fields=["text_hash"], name="prompt_text_hash"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.prompt_set.name}/{self.external_id or self.pk}"

@@ -82,6 +82,7 @@ class CardInput:
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (set, reason)
     contamination: dict[str, int] = field(default_factory=dict)  # benchmark -> prompts
     contaminated_prompts: int = 0
+    held_back: int = 0  # closed prompts whose twin is still open
 
 
 def build_card(data: CardInput) -> DatasetCard:
@@ -191,6 +192,11 @@ def _body(data: CardInput, rows: dict[str, int]) -> str:
     for benchmark, n in sorted(data.contamination.items()):
         add(f"- {md(benchmark)}: {n:,}")
     add("")
+    if data.held_back:
+        add(
+            f"{data.held_back:,} closed prompts wait for a later release: the same or a nearly "
+            "identical prompt is still open to collection elsewhere.\n"
+        )
 
     add("## Contributors\n")
     named = {h: n for h, n in stats.contributor_rows.items() if h != "anonymous"}

@@ -10,7 +10,9 @@ One pass over the published prompts, in chunks, feeds the four configs at once:
   answer (and hidden tests) a reward function needs.
 
 A prompt is published only when it is closed to collection (its gold and every verdict may be
-disclosed then, DESIGN.md), not contaminated, and its set is admitted (licences.py). Samples
+disclosed then, DESIGN.md), not contaminated, its set is admitted (licences.py), and no twin of
+it (the same text in another set, or a near-duplicate) is still open: publishing its gold would
+answer the open one. Samples
 come from the same settled set for every config, so a selection that went stale since its
 prompt's last rebuild (a sample quarantined since) cannot bring a held-back sample in.
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from django.db.models import IntegerField, OuterRef, Subquery, Value
+from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from scoring.models import (
@@ -199,6 +201,26 @@ class _SetInfo:
     set: PromptSet
 
 
+def open_twin() -> Q:
+    """A prompt with a twin still open to collection: the same normalised text in another
+    set, or a near-duplicate either way (scoring/dedup.py). Its gold and judged samples would
+    answer the open one, so it waits until the twin closes too."""
+    open_prompts = Prompt.objects.filter(closed_at__isnull=True)
+    return (
+        Q(Exists(open_prompts.filter(text_hash=OuterRef("text_hash"))))
+        | Q(near_duplicate_of__isnull=False, near_duplicate_of__closed_at__isnull=True)
+        | Q(Exists(open_prompts.filter(near_duplicate_of=OuterRef("pk"))))
+    )
+
+
+def publishable(set_ids: Sequence[int]) -> Any:
+    """The prompts of the admitted sets a release may hold: closed, not contaminated, and no
+    twin of an open one."""
+    return Prompt.objects.filter(
+        prompt_set_id__in=set_ids, closed_at__isnull=False, contaminated=False
+    ).exclude(open_twin())
+
+
 def published_prompts(scope: Scope) -> Any:
     """The prompts a release of `scope` holds, each with the release that first published it
     (this one for a prompt new in it), in row order."""
@@ -206,9 +228,7 @@ def published_prompts(scope: Scope) -> Any:
         target=scope.target, repo_id=scope.repo_id, prompt=OuterRef("pk")
     ).values("version")[:1]
     return (
-        Prompt.objects.filter(
-            prompt_set_id__in=scope.set_ids, closed_at__isnull=False, contaminated=False
-        )
+        publishable(scope.set_ids)
         .annotate(
             first_release=Coalesce(
                 Subquery(first, output_field=IntegerField()), Value(scope.version)

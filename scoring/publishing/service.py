@@ -41,7 +41,7 @@ from scoring.models import (
 from scoring.publishing import licenses
 from scoring.publishing.attribution import Attribution
 from scoring.publishing.card import CardInput, Source, build_card
-from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats
+from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats, open_twin
 from scoring.publishing.shards import ShardWriter, file_digests
 from scoring.publishing.targets import (
     ConcurrentPublish,
@@ -221,6 +221,17 @@ def build_release(
         for config, batch in reader.batches():
             writers[config].write(batch)
         shards = {config: writer.close() for config, writer in writers.items()}
+        held_back = (
+            Prompt.objects.filter(
+                prompt_set_id__in=scope.set_ids, closed_at__isnull=False, contaminated=False
+            )
+            .filter(open_twin())
+            .count()
+        )
+        if held_back:
+            message = f"{held_back} closed prompts held back: a twin of each is still open"
+            logger.warning("release %s v%s: %s", release.repo_id, release.version, message)
+            build.warnings.append(message)
         contamination: Counter[str] = Counter()
         contaminated = 0
         for (matches,) in (
@@ -262,6 +273,7 @@ def build_release(
             left_out=left_out,
             contamination=dict(contamination),
             contaminated_prompts=contaminated,
+            held_back=held_back,
         )
     )
     readme = root / "README.md"

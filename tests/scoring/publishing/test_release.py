@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -37,9 +38,10 @@ def git(path: Path, *args: str) -> str:
 
 
 def load(path: Path, config: str, tmp_path: Path):
-    # A cache of its own: datasets would otherwise reuse an earlier test's folder of the same
-    # name from its global cache.
-    return load_dataset(str(path), config, split="train", cache_dir=str(tmp_path / "hf-cache"))
+    # datasets would otherwise reuse what it built from an earlier release of the same folder
+    # (or an earlier test's folder of the same name): a fresh cache for every read.
+    cache = tmp_path / f"hf-cache-{uuid.uuid4().hex}"
+    return load_dataset(str(path), config, split="train", cache_dir=str(cache))
 
 
 def publish(repo: str = "org/name", **kwargs) -> Release:
@@ -513,3 +515,26 @@ def test_parquet_files_are_zstd_with_page_index(release_dirs):
     ).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert meta.num_rows == 3
+
+
+@pytest.mark.django_db
+def test_a_closed_prompt_whose_twin_is_still_open_waits(release_dirs, tmp_path):
+    data = make_dataset(prompts=3)
+    exact, near, clean = data.prompts
+    other_set = PromptSetFactory(name="other-set")
+    # The same text, open in another set; and an open near-duplicate of the second prompt.
+    open_twin = PromptFactory(prompt_set=other_set, messages=exact.messages, gold="GOLD-TWIN")
+    open_near = PromptFactory(prompt_set=other_set, gold="GOLD-NEAR")
+    Prompt.objects.filter(pk=open_near.pk).update(near_duplicate_of=near)
+
+    release = publish()
+    path = repo_path(release_dirs)
+    assert set(load(path, "raw", tmp_path)["prompt_id"]) == {clean.pk}
+    assert release.warnings == ["2 closed prompts held back: a twin of each is still open"]
+    assert "2 closed prompts wait for a later release" in (path / "README.md").read_text()
+
+    # Once the twins close, the next release has them.
+    Prompt.objects.filter(pk__in=[open_twin.pk, open_near.pk]).update(closed_at=timezone.now())
+    release = publish()
+    assert set(load(path, "raw", tmp_path)["prompt_id"]) == {exact.pk, near.pk, clean.pk}
+    assert release.warnings == []
