@@ -371,9 +371,10 @@ def _retryable(release: Release) -> bool:
 
 
 def _queue_publish(release_id: int) -> None:
-    from scoring.tasks import publish_release
+    # Never raises: with the broker away the release stays pending and the sweep sends it.
+    from scoring.tasks import queue_release
 
-    publish_release.delay(release_id)
+    queue_release(release_id)
 
 
 def _named(releases: list[Release]) -> str:

@@ -177,11 +177,13 @@ def _score_all(task: Task, sample_ids: list[int], rescore: bool) -> int:
 def sweep_stuck_samples() -> int:
     """Every minute (beat): outbox messages that never reached the broker (after a minute),
     samples stuck before a verdict (after SWEEP_AFTER_S), and samples whose transient error is
-    due for another try are queued for scoring. Returns how many samples it sent or found."""
+    due for another try are queued for scoring; releases nobody is publishing are queued again.
+    Returns how many samples it sent or found."""
     unsent = publish_outbox()
     stuck = pipeline.stuck_sample_ids()
     due = pipeline.due_retry_ids()
     queue_scoring(stuck + due)
+    _requeue_releases()
     if unsent:
         logger.info("queued %d samples whose message had not reached the broker", unsent)
     if stuck:
@@ -443,3 +445,29 @@ def publish_release(release_id: int) -> str:
     from scoring.publishing.service import run_release
 
     return run_release(release_id=release_id).state
+
+
+def queue_release(release_id: int) -> bool:
+    """Sends a release to the publish queue now. Never raises: a release whose message did not
+    go out stays pending, and the minute sweep sends it again."""
+    try:
+        publish_release.apply_async((release_id,), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    except Exception:
+        logger.warning("could not queue release %s; the sweep will", release_id, exc_info=True)
+        return False
+    return True
+
+
+def _requeue_releases() -> None:
+    from scoring.publishing.service import releases_to_requeue
+
+    try:
+        ids = releases_to_requeue()
+    except Exception:
+        logger.exception("could not read the releases to queue again")
+        return
+    for release_id in ids:
+        if not queue_release(release_id):
+            return  # the broker is away: the next sweep tries again
+    if ids:
+        logger.info("queued again %d releases nobody was publishing", len(ids))

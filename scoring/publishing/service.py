@@ -125,6 +125,27 @@ def start_release(
     raise ReleaseError(f"Could not start a release of {repo_id}: too many concurrent starts.")
 
 
+# A release still pending this long after it was started has lost its queue message (the
+# broker was away, the process died before it sent it): the minute sweep sends it again. A
+# copy of a message that was not lost is harmless: only one attempt claims a release.
+PENDING_REQUEUE_AFTER = timedelta(minutes=10)
+
+
+def releases_to_requeue() -> list[int]:
+    """Releases nobody is working on that should be: pending for a while, or left `building`
+    by a worker that died (stale)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=release_settings()["stale_after_s"])
+    return list(
+        Release.objects.filter(
+            Q(state=ReleaseState.PENDING, created_at__lt=now - PENDING_REQUEUE_AFTER)
+            | Q(state=ReleaseState.BUILDING, started_at__lt=stale)
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
 def make_target(release: Release) -> Target:
     conf = release_settings()
     if release.target == ReleaseTarget.LOCAL:

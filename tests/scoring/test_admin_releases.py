@@ -1,7 +1,7 @@
 """The admin side of releases: the "Publish a release" form, the retry action, read-only
 release records that cannot be deleted once published, and PromptSet.redistributable.
 
-No test publishes: `publish_release.delay` is replaced by a recorder, and the on-commit
+No test publishes: `publish_release.apply_async` is replaced by a recorder, and the on-commit
 callbacks that call it are captured (and run) explicitly.
 """
 
@@ -32,7 +32,9 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from scoring import tasks
 
     sent: list[int] = []
-    monkeypatch.setattr(tasks.publish_release, "delay", lambda release_id: sent.append(release_id))
+    monkeypatch.setattr(
+        tasks.publish_release, "apply_async", lambda args, **kwargs: sent.append(args[0])
+    )
     return sent
 
 

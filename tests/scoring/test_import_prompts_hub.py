@@ -90,7 +90,9 @@ def test_import_a_split_of_a_hub_dataset(hub_server):
 
 def test_a_split_the_dataset_does_not_have_is_a_clear_error(hub_server):
     HfApi(endpoint=hub_server.url, token="hf_test").create_repo("org/empty", repo_type="dataset")
-    with pytest.raises(CommandError, match="no .parquet/.jsonl/.json/.csv files for split 'train'"):
+    with pytest.raises(
+        CommandError, match=r"no \.parquet/\.jsonl/\.json/\.csv files for split 'train'"
+    ):
         call_command(
             "import_prompts",
             "org/empty",

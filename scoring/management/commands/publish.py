@@ -43,9 +43,9 @@ class Command(BaseCommand):
         except ReleaseError as exc:
             raise CommandError(str(exc)) from exc
         if options["background"]:
-            from scoring.tasks import publish_release
+            from scoring.tasks import queue_release
 
-            transaction.on_commit(lambda: publish_release.delay(release.pk))
+            transaction.on_commit(lambda: queue_release(release.pk))
             self.stdout.write(f"{release.repo_id} {release.tag}: queued (release {release.pk}).")
             return
         try:

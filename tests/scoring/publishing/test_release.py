@@ -538,3 +538,41 @@ def test_a_closed_prompt_whose_twin_is_still_open_waits(release_dirs, tmp_path):
     release = publish()
     assert set(load(path, "raw", tmp_path)["prompt_id"]) == {exact.pk, near.pk, clean.pk}
     assert release.warnings == []
+
+
+@pytest.mark.django_db
+def test_the_sweep_queues_releases_nobody_is_publishing(release_dirs, monkeypatch):
+    from scoring import tasks
+
+    sent: list[int] = []
+    monkeypatch.setattr(
+        tasks.publish_release, "apply_async", lambda args, **kwargs: sent.append(args[0])
+    )
+    old = timezone.now() - timezone.timedelta(hours=5)
+    lost = Release.objects.create(target="local", repo_id="o/lost", version=1, location="/x")
+    Release.objects.filter(pk=lost.pk).update(created_at=old)
+    Release.objects.create(target="local", repo_id="o/fresh", version=1, location="/x")
+    dead = Release.objects.create(
+        target="local", repo_id="o/dead", version=1, location="/x", state="building"
+    )
+    Release.objects.filter(pk=dead.pk).update(started_at=old)
+    live = Release.objects.create(
+        target="local", repo_id="o/live", version=1, location="/x", state="building"
+    )
+    Release.objects.filter(pk=live.pk).update(started_at=timezone.now())
+    Release.objects.create(
+        target="local", repo_id="o/failed", version=1, location="/x", state="failed"
+    )
+    tasks.sweep_stuck_samples()
+    assert sent == [lost.pk, dead.pk]
+
+
+@pytest.mark.django_db
+def test_queueing_a_release_with_the_broker_away_does_not_raise(release_dirs, monkeypatch):
+    from scoring import tasks
+
+    def away(*args, **kwargs):
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(tasks.publish_release, "apply_async", away)
+    assert tasks.queue_release(1) is False
