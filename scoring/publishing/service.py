@@ -88,7 +88,8 @@ def start_release(
         raise ReleaseError(f"Unknown target {target!r}: local or hub.")
     validate_repo_id(repo_id)
     if target == ReleaseTarget.LOCAL:
-        location = str(Path(path) if path else default_path(repo_id))
+        # Absolute: a worker on the publish queue runs in a folder of its own.
+        location = str(Path(path or default_path(repo_id)).resolve())
     else:
         if path:
             raise ReleaseError("--path is for the local target.")
@@ -213,7 +214,9 @@ def build_release(
         raise PublishError(f"THINKPOOL_RELEASE_LICENSE {release_license!r} is not a known licence.")
     build = Build(root=root)
     policy = build.policy = configured_policy()
-    built_at = timezone.now()
+    # The card says when the release was started, not when this attempt ran: a retry of
+    # unchanged data builds the same bytes, and finds its earlier commit already made.
+    built_at = release.created_at
     root.mkdir(parents=True, exist_ok=True)
     with _snapshot():
         sets, left_out = admitted_sets(release_license)
@@ -343,29 +346,37 @@ def publish_to(target: Target, release: Release, build: Build) -> str:
     tagged = target.tag_commit(release.tag)
     if tagged is not None:
         if mark in target.message(tagged):
-            return tagged
+            if _holds(target, tagged, build):
+                return tagged  # tagged by an earlier attempt, which failed before recording
+            raise PublishError(
+                f"{release.tag} at {target.location} was made by an earlier attempt of this "
+                "release from other data, and a published tag is not moved: delete the tag "
+                "there to publish this build under it."
+            )
         raise PublishError(
             f"{release.tag} already exists at {target.location} and is not this release: the "
             "database and the target disagree about which versions exist."
         )
     head = target.head()
-    if head is not None and mark in target.message(head):
-        commit = head  # an earlier attempt committed, then failed before tagging
+    remote = target.files(head) if head is not None else {}
+    adds = [
+        (path, local)
+        for path, (local, sha256, oid) in build.files.items()
+        if not (path in remote and remote[path].same_as(sha256, oid))
+    ]
+    # data/ is the releases' own: a shard the new layout no longer has goes.
+    deletes = sorted(p for p in remote if p.startswith("data/") and p not in build.files)
+    if head is not None and not adds and not deletes and mark in target.message(head):
+        # An earlier attempt committed exactly this build, then failed before tagging. (If
+        # the data changed since, the new build is committed on top and that is tagged.)
+        commit = head
     else:
-        remote = target.files(head) if head is not None else {}
-        adds = [
-            (path, local)
-            for path, (local, sha256, oid) in build.files.items()
-            if not (path in remote and remote[path].same_as(sha256, oid))
-        ]
-        # data/ is the releases' own: a shard the new layout no longer has goes.
-        deletes = sorted(p for p in remote if p.startswith("data/") and p not in build.files)
         try:
             commit = target.commit(adds=adds, deletes=deletes, message=message, parent=head)
         except ConcurrentPublish:
-            # A commit that the target took although the answer was lost, then retried.
+            # A commit the target took although its answer was lost, then retried.
             now = target.head()
-            if now is None or mark not in target.message(now):
+            if now is None or mark not in target.message(now) or not _holds(target, now, build):
                 raise
             commit = now
     try:
@@ -374,6 +385,15 @@ def publish_to(target: Target, release: Release, build: Build) -> str:
         if target.tag_commit(release.tag) != commit:
             raise
     return commit
+
+
+def _holds(target: Target, revision: str, build: Build) -> bool:
+    """Whether the target's files at `revision` are exactly the build's (data/ and card)."""
+    files = target.files(revision)
+    ours = {p for p in files if p.startswith("data/") or p == "README.md"}
+    return ours == set(build.files) and all(
+        files[path].same_as(sha256, oid) for path, (_, sha256, oid) in build.files.items()
+    )
 
 
 def run_release(*, release_id: int, max_shard_bytes: int | None = None, chunk: int = 0) -> Release:
@@ -413,7 +433,15 @@ def run_release(*, release_id: int, max_shard_bytes: int | None = None, chunk: i
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _record_published(release, claim, commit, build)
+    try:
+        _record_published(release, claim, commit, build)
+    except BaseException as exc:
+        # The target has the release; recording it failed (the database went away). The
+        # next attempt finds commit and tag by their marker and records them.
+        Release.objects.filter(pk=release_id, claim=claim).update(
+            state=ReleaseState.FAILED, error=f"recording: {type(exc).__name__}: {exc}"[:5000]
+        )
+        raise
     release.refresh_from_db()
     return release
 

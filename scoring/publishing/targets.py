@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -94,7 +93,13 @@ class LocalTarget:
         self.path = Path(path)
         self.location = str(self.path)
 
-    def _git(self, *args: str, check: bool = True, input_text: str | None = None) -> str:
+    def _git(
+        self,
+        *args: str,
+        check: bool = True,
+        input_text: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         done = subprocess.run(
             [
                 "git",
@@ -112,7 +117,7 @@ class LocalTarget:
             capture_output=True,
             text=True,
             input=input_text,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
         )
         if check and done.returncode != 0:
             raise PublishError(f"git {args[0]} failed in {self.path}: {done.stderr.strip()}")
@@ -163,23 +168,49 @@ class LocalTarget:
     def commit(
         self, *, adds: list[tuple[str, Path]], deletes: list[str], message: str, parent: str | None
     ) -> str:
+        """Builds the commit with git's plumbing, in a private index, from `parent`'s tree:
+        nothing a killed attempt left in the folder's index or work tree, nor a HEAD someone
+        detached, can get into it. `main` moves by compare-and-swap (`update-ref NEW OLD`);
+        the work tree follows afterwards."""
         with self._locked():
             if self.head() != parent:
                 raise ConcurrentPublish(f"{self.path}: {BRANCH} moved since the release started")
-            for path in deletes:
-                self._git("rm", "-q", "--ignore-unmatch", "--", path)
-            for path, local in adds:
-                destination = self.path / path
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                tmp = destination.with_name(f".{destination.name}.tmp")
-                shutil.copyfile(local, tmp)
-                tmp.replace(destination)
-            if adds:
-                self._git("add", "--", *[path for path, _ in adds])
-            self._git("commit", "-q", "--allow-empty", "-F", "-", input_text=message)
-            head = self.head()
-            assert head is not None
-            return head
+            index = self.path / ".git" / f"thinkpool-index-{os.getpid()}"
+            env = {"GIT_INDEX_FILE": str(index)}
+            try:
+                if parent is None:
+                    self._git("read-tree", "--empty", env=env)
+                else:
+                    self._git("read-tree", parent, env=env)
+                if deletes:
+                    self._git("rm", "-q", "--cached", "--ignore-unmatch", "--", *deletes, env=env)
+                if adds:
+                    oids = self._git(
+                        "hash-object",
+                        "-w",
+                        "--no-filters",
+                        "--stdin-paths",
+                        input_text="".join(f"{local}\n" for _, local in adds),
+                    ).split("\n")
+                    entries = "".join(
+                        f"100644 {oid}\t{path}\n" for (path, _), oid in zip(adds, oids, strict=True)
+                    )
+                    self._git("update-index", "--add", "--index-info", input_text=entries, env=env)
+                tree = self._git("write-tree", env=env)
+                parents = ["-p", parent] if parent else []
+                commit = self._git("commit-tree", tree, *parents, "-F", "-", input_text=message)
+                # Compare-and-swap: refused if main is no longer `parent` (zeros: no main yet).
+                self._git(
+                    "update-ref", f"refs/heads/{BRANCH}", commit, parent or "0" * 40, check=False
+                )
+                if self.head() != commit:
+                    raise ConcurrentPublish(f"{self.path}: {BRANCH} moved while committing")
+            finally:
+                index.unlink(missing_ok=True)
+            # The folder shows the release: HEAD on main, the work tree as its tree.
+            self._git("symbolic-ref", "HEAD", f"refs/heads/{BRANCH}")
+            self._git("reset", "-q", "--hard", BRANCH)
+            return commit
 
     def tag(self, *, tag: str, revision: str, message: str) -> None:
         self._git("tag", "-a", tag, "-m", message, revision)
@@ -321,11 +352,14 @@ class HubTarget:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
 
+        # New files first, then deletions, the card last: if a chain of commits breaks
+        # between parts, `main` still has every old shard its card names.
+        files = [(p, f) for p, f in adds if p != "README.md"]
+        card = [(p, f) for p, f in adds if p == "README.md"]
         operations: list[CommitOperationAdd | CommitOperationDelete] = [
-            CommitOperationDelete(path_in_repo=path) for path in deletes
-        ] + [
-            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local))
-            for path, local in adds
+            *(CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files),
+            *(CommitOperationDelete(path_in_repo=path) for path in deletes),
+            *(CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in card),
         ]
         # Under the Hub's files-per-commit recommendation: a large release is a chain of
         # commits, each on top of the last; only the last carries the release's message, so a

@@ -292,10 +292,14 @@ def test_sft_messages_put_the_reasoning_in_a_think_block_before_the_answer():
         {"role": "user", "content": "2+2?"},
         {"role": "assistant", "content": "<think>\ntwo and two\n</think>\n\nIt is \\boxed{4}."},
     ]
+    # However the server returned the reasoning (inline, or only the closing tag because the
+    # chat template opened the block), the record has one shape.
     assert sft_messages(inline)[-1] == {
         "role": "assistant",
-        "content": "<think>2+2</think> \\boxed{4}",
+        "content": "<think>\n2+2\n</think>\n\n\\boxed{4}",
     }
+    inline.completion = "2+2</think>\\boxed{4}"
+    assert sft_messages(inline)[-1]["content"] == "<think>\n2+2\n</think>\n\n\\boxed{4}"
 
 
 SOLUTION = (
