@@ -24,20 +24,22 @@ changes. Every chunk is a bounded number of prompts; memory does not grow with t
 from __future__ import annotations
 
 import json
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+import pyarrow.compute as pc
+from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, TextField, Value
+from django.db.models.functions import Cast, Coalesce
 
 from scoring.models import (
     PreferencePair,
     Prompt,
     PromptGold,
-    PromptModelStats,
     PromptSet,
     ReleasedPrompt,
     RewardScore,
@@ -48,20 +50,20 @@ from scoring.models import (
     Verdict,
 )
 from scoring.publishing.attribution import Attribution
-from scoring.selection import (
-    Policy,
-    assistant_message,
-    chat_messages,
-    reasoning_and_response,
-    settled_samples,
+from scoring.publishing.chat import (
+    MESSAGES,
+    assistant_content,
+    conversations,
+    single_turns,
+    split_reasoning,
 )
+from scoring.publishing.fetch import Fetcher, JsonNumber
+from scoring.selection import Policy, chat_messages, settled_samples
 
 CONFIGS = ("sft", "preference", "rl", "raw")
 # Prompts read per chunk: a few thousand samples of a few KB each.
 PROMPTS_PER_CHUNK = 256
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-MESSAGES = pa.list_(MESSAGE)
 VERDICT = pa.struct(
     [
         ("verifier", pa.string()),
@@ -171,27 +173,6 @@ class Stats:
     new_prompts: int = 0
 
 
-class _Columns:
-    """Column lists of one record batch."""
-
-    def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.data: dict[str, list[Any]] = {name: [] for name in schema.names}
-
-    def add(self, **values: Any) -> None:
-        for name, column in self.data.items():
-            column.append(values.get(name))
-
-    def __len__(self) -> int:
-        return len(next(iter(self.data.values())))
-
-    def batch(self) -> pa.RecordBatch:
-        batch = pa.RecordBatch.from_pydict(self.data, schema=self.schema)
-        for column in self.data.values():
-            column.clear()
-        return batch
-
-
 @dataclass(frozen=True)
 class _SetInfo:
     name: str
@@ -251,234 +232,433 @@ def _chunks(scope: Scope, size: int) -> Iterator[list[tuple[int, int]]]:
 
 
 class RowReader:
-    """Reads the published rows of a scope, chunk by chunk, as record batches per config."""
+    """Reads the published rows of a scope, chunk by chunk, as record batches per config.
+
+    Each chunk is a handful of queries whose results arrive as Arrow tables (fetch.py), and
+    every column is computed on whole columns (chat.py, Arrow compute, numpy): no Python code
+    runs per row, so a build keeps up with the database and the parquet writer."""
 
     def __init__(
-        self, scope: Scope, *, attribution: Attribution | None = None, chunk: int = 0
+        self,
+        scope: Scope,
+        *,
+        attribution: Attribution | None = None,
+        chunk: int = 0,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.scope = scope
         self.attribution = attribution or Attribution()
         self.chunk = chunk or PROMPTS_PER_CHUNK
+        self.fetcher = fetcher or Fetcher()
         self.stats = Stats()
+        # The prompts this release publishes first (ReleasedPrompt rows, once it is confirmed):
+        # 8 bytes each.
+        self.new_prompts: array[int] = array("q")
         self._sets = {
             s.pk: _SetInfo(s.name, s.source, s.license, s.domain, s)
             for s in PromptSet.objects.filter(pk__in=scope.set_ids)
         }
 
     def batches(self) -> Iterator[tuple[str, pa.RecordBatch]]:
-        columns = {config: _Columns(SCHEMAS[config]) for config in CONFIGS}
         for chunk in _chunks(self.scope, self.chunk):
-            self._read_chunk(chunk, columns)
-            for config, cols in columns.items():
-                if len(cols):
-                    self.stats.rows[config] += len(cols)
-                    yield config, cols.batch()
+            for config, table in self._read_chunk(chunk).items():
+                if table.num_rows:
+                    self.stats.rows[config] += table.num_rows
+                    for batch in table.to_batches():
+                        yield config, batch
 
     # ------------------------------------------------------------------ one chunk
 
-    def _read_chunk(self, chunk: list[tuple[int, int]], out: dict[str, _Columns]) -> None:
+    def _read_chunk(self, chunk: list[tuple[int, int]]) -> dict[str, pa.Table]:
         policy = self.scope.policy
+        fetch = self.fetcher.table
         ids = [pk for pk, _ in chunk]
-        prompts = {
+        position = {pk: i for i, pk in enumerate(ids)}
+
+        # Prompt-level columns, in chunk order (a chunk is a few hundred prompts).
+        prompt_rows = {
             pk: (set_id, external_id, messages)
             for pk, set_id, external_id, messages in Prompt.objects.filter(pk__in=ids).values_list(
                 "pk", "prompt_set_id", "external_id", "messages"
             )
         }
-        samples: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
-        sample_ids: list[int] = []
-        contributors: set[int] = set()
-        for row in (
+        infos = [self._sets[prompt_rows[pk][0]] for pk in ids]
+        prompt_cols = {
+            "prompt_id": pa.array(ids, pa.int64()),
+            "source": pa.array([i.name for i in infos], pa.string()),
+            "source_id": pa.array([prompt_rows[pk][1] for pk in ids], pa.string()),
+            "source_url": pa.array([i.source_url for i in infos], pa.string()),
+            "license": pa.array([i.license for i in infos], pa.string()),
+            "domain": pa.array([i.domain for i in infos], pa.string()),
+            "release": pa.array([first for _, first in chunk], pa.int32()),
+        }
+        prompt_messages = pa.array(
+            [
+                chat_messages(info.set.render_messages(prompt_rows[pk][2]))
+                for pk, info in zip(ids, infos, strict=True)
+            ],
+            MESSAGES,
+        )
+
+        # Samples, in row order: the chunk's prompt order, then sample id.
+        samples = fetch(
             settled_samples(Sample.objects.filter(prompt_id__in=ids))
-            .order_by("prompt_id", "pk")
-            .values_list(
-                "pk",
-                "prompt_id",
-                "contributor_id",
-                "model",
-                "model_revision",
-                "temperature",
-                "sampling",
-                "completion",
-                "reasoning",
-                "finish_reason",
-                "prompt_tokens",
-                "completion_tokens",
-                "status",
-                "duplicate_of_id",
+            .annotate(
+                top_p_value=JsonNumber("sampling", "top_p"),
+                max_tokens_value=JsonNumber("sampling", "max_tokens"),
+                sampling_text=Cast("sampling", TextField()),
             )
-        ):
-            samples[row[1]].append(row)
-            sample_ids.append(row[0])
-            contributors.add(row[2])
-        verdicts: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for sample_id, verifier, version, status, score in (
-            Verdict.objects.filter(sample_id__in=sample_ids)
+            .order_by()
+            .values_list(*_SAMPLE_QUERY.names),
+            _SAMPLE_QUERY,
+        )
+        chunk_ids = pa.array(ids, pa.int64())
+        samples = samples.rename_columns(_SAMPLE_COLUMNS)
+        samples = samples.append_column(
+            "ppos", pc.index_in(samples["prompt_id"], value_set=chunk_ids).cast(pa.int64())
+        ).sort_by([("ppos", "ascending"), ("pk", "ascending")])
+        n = samples.num_rows
+        ppos = samples["ppos"].to_numpy()
+        pks = samples["pk"].combine_chunks()
+
+        verdicts = fetch(
+            Verdict.objects.filter(sample__in=_chunk_samples(ids))
             .order_by("sample_id", "verifier", "version")
-            .values_list("sample_id", "verifier", "version", "status", "score")
-        ):
-            verdicts[sample_id].append(
-                {"verifier": verifier, "version": version, "status": status, "score": score}
-            )
-        rewards: dict[int, tuple[float, float | None]] = {}
+            .values_list(*_VERDICT_QUERY.names),
+            _VERDICT_QUERY,
+        )
+        vpos = pc.index_in(verdicts["sample_id"], value_set=pks).to_numpy(zero_copy_only=False)
+        order = pa.array(np.argsort(vpos, kind="stable"))
+        voffsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(np.bincount(vpos, minlength=n), out=voffsets[1:])
+        verdict_lists = pa.ListArray.from_arrays(
+            pa.array(voffsets),
+            pa.StructArray.from_arrays(
+                [
+                    verdicts["verifier"].combine_chunks().take(order),
+                    verdicts["version"].combine_chunks().cast(pa.int32()).take(order),
+                    verdicts["status"].combine_chunks().take(order),
+                    verdicts["score"].combine_chunks().take(order),
+                ],
+                fields=list(VERDICT),
+            ),
+        )
+
         if policy.reward_model and policy.reward_version is not None:
-            rewards = {
-                sample_id: (raw, normalised)
-                for sample_id, raw, normalised in RewardScore.objects.filter(
-                    sample_id__in=sample_ids,
+            rewards = fetch(
+                RewardScore.objects.filter(
+                    sample__in=_chunk_samples(ids),
                     reward_model=policy.reward_model,
                     version=policy.reward_version,
-                ).values_list("sample_id", "raw", "normalised")
-            }
-        names = self.attribution.names(contributors)
-        selections = Selection.objects.filter(
-            prompt_id__in=ids, policy=policy.label, policy_version=policy.version
+                ).values_list(*_REWARD_QUERY.names),
+                _REWARD_QUERY,
+            )
+        else:
+            rewards = _REWARD_QUERY.empty_table()
+        widx = pc.index_in(pks, value_set=rewards["sample_id"])
+        scored = pc.is_valid(widx)
+        reward_model = pc.if_else(
+            scored, pa.scalar(policy.reward_model, pa.string()), pa.scalar(None, pa.string())
         )
-        sft: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        rl: dict[int, list[str]] = defaultdict(list)
-        for prompt_id, kind, sample_id, model, rank in selections.order_by(
-            "prompt_id", "rank", "model"
-        ).values_list("prompt_id", "kind", "sample_id", "model", "rank"):
-            if kind == SelectionKind.SFT:
-                sft[prompt_id].append((sample_id, rank))
-            else:
-                rl[prompt_id].append(model)
-        pairs: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
-        for prompt_id, chosen, rejected, margin in (
+
+        contributor_ids = samples["contributor_id"].combine_chunks()
+        unique = pc.unique(contributor_ids)
+        names = self.attribution.names(unique.to_pylist())
+        contributor = pa.array([names[uid] for uid in unique.to_pylist()], pa.string()).take(
+            pc.index_in(contributor_ids, value_set=unique)
+        )
+
+        think, response = split_reasoning(samples["completion"], samples["reasoning"])
+        think = think.combine_chunks() if isinstance(think, pa.ChunkedArray) else think
+        response = response.combine_chunks() if isinstance(response, pa.ChunkedArray) else response
+        reply = assistant_content(think, response)
+        status = samples["status"].combine_chunks()
+        verified = pc.equal(status, SampleStatus.VERIFIED.value)
+        duplicate_of = samples["duplicate_of"].combine_chunks()
+        meta = {
+            "sample_id": pks,
+            "model": samples["model"].combine_chunks(),
+            "model_revision": samples["model_revision"].combine_chunks(),
+            "temperature": samples["temperature"].combine_chunks(),
+            "top_p": samples["top_p"].combine_chunks(),
+            "max_tokens": _whole(samples["max_tokens"].combine_chunks()),
+            "sampling": samples["sampling"].combine_chunks(),
+            "finish_reason": samples["finish_reason"].combine_chunks(),
+            "prompt_tokens": samples["prompt_tokens"].combine_chunks(),
+            "completion_tokens": samples["completion_tokens"].combine_chunks(),
+            "status": status,
+            "verified": verified,
+            "verdicts": verdict_lists,
+            "reward_model": reward_model,
+            "reward": rewards["normalised"].combine_chunks().take(widx),
+            "reward_raw": rewards["raw"].combine_chunks().take(widx),
+            "contributor": contributor,
+        }
+        at_prompt = pa.array(ppos)
+        per_sample_prompt = {name: col.take(at_prompt) for name, col in prompt_cols.items()}
+        raw = {
+            **per_sample_prompt,
+            "messages": conversations(prompt_messages, ppos, reply),
+            "reasoning": think,
+            "response": response,
+            **meta,
+            "duplicate_of": duplicate_of,
+        }
+        out: dict[str, pa.Table] = {"raw": pa.table(raw, schema=SCHEMAS["raw"])}
+        eligible = pc.and_(verified, pc.is_null(duplicate_of))
+        original = pc.is_null(duplicate_of)
+
+        # SFT: the selected samples that are still eligible, by prompt then rank.
+        sft = fetch(
+            Selection.objects.filter(
+                prompt_id__in=ids,
+                kind=SelectionKind.SFT,
+                policy=policy.label,
+                policy_version=policy.version,
+            )
+            .order_by()
+            .values_list("prompt_id", "sample_id", "rank"),
+            _SFT_QUERY,
+        )
+        sidx = pc.index_in(sft["sample_id"].combine_chunks(), value_set=pks)
+        keep = pc.fill_null(pc.array_take(eligible, sidx), False)
+        sft = sft.append_column("at", sidx).filter(keep)
+        sft = sft.append_column("ppos", pc.index_in(sft["prompt_id"], value_set=chunk_ids)).sort_by(
+            [("ppos", "ascending"), ("rank", "ascending")]
+        )
+        at = sft["at"].combine_chunks()
+        out["sft"] = pa.table(
+            {
+                **{name: col.take(at) for name, col in raw.items() if name != "duplicate_of"},
+                "rank": sft["rank"].combine_chunks().cast(pa.int32()),
+            },
+            schema=SCHEMAS["sft"],
+        )
+
+        # Preference pairs whose two samples are both published and neither a copy.
+        pairs = fetch(
             PreferencePair.objects.filter(
                 prompt_id__in=ids, policy=policy.label, policy_version=policy.version
             )
-            .order_by("prompt_id", "pk")
-            .values_list("prompt_id", "chosen_id", "rejected_id", "margin")
-        ):
-            pairs[prompt_id].append((chosen, rejected, margin))
-        rl_ids = [pk for pk in ids if rl.get(pk)]
+            .order_by("pk")
+            .values_list("prompt_id", "chosen_id", "rejected_id", "margin"),
+            _PAIR_QUERY,
+        )
+        cidx = pc.index_in(pairs["chosen_id"].combine_chunks(), value_set=pks)
+        ridx = pc.index_in(pairs["rejected_id"].combine_chunks(), value_set=pks)
+        keep = pc.and_(
+            pc.fill_null(pc.array_take(original, cidx), False),
+            pc.fill_null(pc.array_take(original, ridx), False),
+        )
+        pairs = pairs.append_column("c", cidx).append_column("r", ridx).filter(keep)
+        pairs = pairs.append_column(
+            "ppos", pc.index_in(pairs["prompt_id"], value_set=chunk_ids)
+        ).sort_by("ppos")
+        c = pairs["c"].combine_chunks()
+        r = pairs["r"].combine_chunks()
+        at_pair = pairs["ppos"].combine_chunks()
+        out["preference"] = pa.table(
+            {
+                **{name: col.take(at_pair) for name, col in prompt_cols.items()},
+                "prompt": prompt_messages.take(at_pair),
+                "chosen": single_turns(reply.take(c)),
+                "rejected": single_turns(reply.take(r)),
+                "margin": pairs["margin"].combine_chunks(),
+                **{f"chosen_{name}": col.take(c) for name, col in meta.items()},
+                **{f"rejected_{name}": col.take(r) for name, col in meta.items()},
+            },
+            schema=SCHEMAS["preference"],
+        )
+
+        # RL: (prompt, model) pairs, with the pass rate over the published, original samples.
+        rl = [
+            (prompt_id, model)
+            for prompt_id, model in Selection.objects.filter(
+                prompt_id__in=ids,
+                kind=SelectionKind.RL,
+                policy=policy.label,
+                policy_version=policy.version,
+            ).values_list("prompt_id", "model")
+        ]
+        rl.sort(key=lambda pm: (position[pm[0]], pm[1]))
+        counts: dict[tuple[int, str], tuple[int, int]] = {}
+        if rl:
+            judged = (
+                pa.table(
+                    {
+                        "prompt_id": samples["prompt_id"],
+                        "model": samples["model"],
+                        "verified": verified.cast(pa.int64()),
+                    }
+                )
+                .filter(original)
+                .group_by(["prompt_id", "model"])
+                .aggregate([("verified", "sum"), ("verified", "count")])
+            )
+            counts = {
+                (p, m): (total, ok)
+                for p, m, ok, total in zip(
+                    judged["prompt_id"].to_pylist(),
+                    judged["model"].to_pylist(),
+                    judged["verified_sum"].to_pylist(),
+                    judged["verified_count"].to_pylist(),
+                    strict=True,
+                )
+            }
         gold = {
             prompt_id: (answer, tests)
             for prompt_id, answer, tests in PromptGold.objects.filter(
-                prompt_id__in=rl_ids
+                prompt_id__in={p for p, _ in rl}
             ).values_list("prompt_id", "answer", "tests")
         }
-        pass_rates = {
-            (prompt_id, model): (judged, verified)
-            for prompt_id, model, judged, verified in PromptModelStats.objects.filter(
-                prompt_id__in=rl_ids
-            ).values_list("prompt_id", "model", "judged", "verified")
-        }
+        rl_rows = [
+            (position[p], m, *counts.get((p, m), (0, 0)), *gold.get(p, ("", None))) for p, m in rl
+        ]
+        rl_rows = [row for row in rl_rows if row[2]]  # a pass rate needs published samples
+        at_rl = pa.array([row[0] for row in rl_rows], pa.int64())
+        out["rl"] = pa.table(
+            {
+                **{name: col.take(at_rl) for name, col in prompt_cols.items()},
+                "prompt": prompt_messages.take(at_rl),
+                "answer": pa.array([row[4] for row in rl_rows], pa.string()),
+                "tests": pa.array(
+                    [
+                        None if row[5] is None else json.dumps(row[5], sort_keys=True)
+                        for row in rl_rows
+                    ],
+                    pa.string(),
+                ),
+                "model": pa.array([row[1] for row in rl_rows], pa.string()),
+                "pass_rate": pa.array([row[3] / row[2] for row in rl_rows], pa.float64()),
+                "samples": pa.array([row[2] for row in rl_rows], pa.int64()),
+                "verified": pa.array([row[3] for row in rl_rows], pa.int64()),
+            },
+            schema=SCHEMAS["rl"],
+        )
 
+        self._count(chunk, infos, samples, verdicts, verified, contributor, rl_rows)
+        return out
+
+    def _count(
+        self,
+        chunk: list[tuple[int, int]],
+        infos: list[_SetInfo],
+        samples: pa.Table,
+        verdicts: pa.Table,
+        verified: pa.Array,
+        contributor: pa.Array,
+        rl_rows: list[tuple[Any, ...]],
+    ) -> None:
+        """The card's statistics, from this chunk's published rows."""
         stats = self.stats
-        for prompt_id, first_release in chunk:
-            set_id, external_id, stored_messages = prompts[prompt_id]
-            info = self._sets[set_id]
-            prompt_cols = {
-                "prompt_id": prompt_id,
-                "source": info.name,
-                "source_id": external_id,
-                "source_url": info.source_url,
-                "license": info.license,
-                "domain": info.domain,
-                "release": first_release,
-            }
+        with_rows = set(samples["ppos"].to_pylist()) | {row[0] for row in rl_rows}
+        for i in sorted(with_rows):
+            pk, first = chunk[i]
             stats.prompts += 1
-            stats.prompts_per_source[info.name] += 1
-            if first_release == self.scope.version:
+            stats.prompts_per_source[infos[i].name] += 1
+            if first == self.scope.version:
                 stats.new_prompts += 1
-            prompt_messages = chat_messages(info.set.render_messages(stored_messages))
-            by_id: dict[int, dict[str, Any]] = {}
-            texts: dict[int, tuple[str, str]] = {}
-            duplicates: set[int] = set()
-            for row in samples.get(prompt_id, ()):
-                (pk, _, contributor_id, model, revision, temperature, sampling, completion) = row[
-                    :8
-                ]
-                reasoning, finish_reason, prompt_tokens, completion_tokens, status, dup = row[8:]
-                sampling = sampling if isinstance(sampling, dict) else {}
-                reward = rewards.get(pk)
-                meta = {
-                    "sample_id": pk,
-                    "model": model,
-                    "model_revision": revision,
-                    "temperature": temperature,
-                    "top_p": _number(sampling.get("top_p")),
-                    "max_tokens": _integer(sampling.get("max_tokens")),
-                    "sampling": json.dumps(sampling, sort_keys=True),
-                    "finish_reason": finish_reason,
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "status": status,
-                    "verified": status == SampleStatus.VERIFIED,
-                    "verdicts": verdicts.get(pk, []),
-                    "reward_model": policy.reward_model if reward else None,
-                    "reward": reward[1] if reward else None,
-                    "reward_raw": reward[0] if reward else None,
-                    "contributor": names[contributor_id],
+                self.new_prompts.append(pk)
+        if not samples.num_rows:
+            return
+        domains = pa.array([infos[i].domain for i in range(len(infos))], pa.string())
+        for domain, n in _value_counts(domains.take(samples["ppos"].combine_chunks())):
+            stats.samples_per_domain[domain] += n
+        per_model = (
+            pa.table(
+                {
+                    "model": samples["model"],
+                    "temperature": samples["temperature"],
+                    "verified": verified.cast(pa.int64()),
                 }
-                by_id[pk] = meta
-                if dup is not None:
-                    duplicates.add(pk)
-                texts[pk] = reasoning_and_response(completion, reasoning)
-                think, response = texts[pk]
-                out["raw"].add(
-                    **prompt_cols,
-                    **meta,
-                    messages=[*prompt_messages, assistant_message(think, response)],
-                    reasoning=think,
-                    response=response,
-                    duplicate_of=dup,
-                )
-                stats.samples_per_domain[info.domain] += 1
-                counts = stats.per_model[(model, temperature)]
-                counts[0] += 1
-                if meta["verified"]:
-                    counts[1] += 1
-                    stats.verified += 1
-                for v in meta["verdicts"]:
-                    stats.verifier_versions[v["verifier"]].add(v["version"])
-                stats.contributor_rows[meta["contributor"]] += 1
-            for sample_id, rank in sft.get(prompt_id, ()):
-                selected = by_id.get(sample_id)
-                # Only an eligible sample: settled (above) and no duplicate.
-                if selected is None or not selected["verified"] or sample_id in duplicates:
-                    continue
-                think, response = texts[sample_id]
-                out["sft"].add(
-                    **prompt_cols,
-                    **selected,
-                    messages=[*prompt_messages, assistant_message(think, response)],
-                    reasoning=think,
-                    response=response,
-                    rank=rank,
-                )
-            for chosen, rejected, margin in pairs.get(prompt_id, ()):
-                if not {chosen, rejected} <= by_id.keys() or {chosen, rejected} & duplicates:
-                    continue
-                out["preference"].add(
-                    **prompt_cols,
-                    prompt=prompt_messages,
-                    chosen=[assistant_message(*texts[chosen])],
-                    rejected=[assistant_message(*texts[rejected])],
-                    margin=margin,
-                    **{f"chosen_{k}": v for k, v in by_id[chosen].items()},
-                    **{f"rejected_{k}": v for k, v in by_id[rejected].items()},
-                )
-            for model in rl.get(prompt_id, ()):
-                judged, verified = pass_rates.get((prompt_id, model), (0, 0))
-                answer, tests = gold.get(prompt_id, ("", None))
-                out["rl"].add(
-                    **prompt_cols,
-                    prompt=prompt_messages,
-                    answer=answer,
-                    tests=None if tests is None else json.dumps(tests, sort_keys=True),
-                    model=model,
-                    pass_rate=verified / judged if judged else None,
-                    samples=judged,
-                    verified=verified,
-                )
+            )
+            .group_by(["model", "temperature"])
+            .aggregate([("verified", "sum"), ("verified", "count")])
+        )
+        for model, temperature, ok, n in zip(
+            per_model["model"].to_pylist(),
+            per_model["temperature"].to_pylist(),
+            per_model["verified_sum"].to_pylist(),
+            per_model["verified_count"].to_pylist(),
+            strict=True,
+        ):
+            counts = stats.per_model[(model, temperature)]
+            counts[0] += n
+            counts[1] += ok
+        stats.verified += int(pc.sum(verified.cast(pa.int64())).as_py() or 0)
+        pairs = verdicts.group_by(["verifier", "version"]).aggregate([])
+        for verifier, version in zip(
+            pairs["verifier"].to_pylist(), pairs["version"].to_pylist(), strict=True
+        ):
+            stats.verifier_versions[verifier].add(version)
+        for name, n in _value_counts(contributor):
+            stats.contributor_rows[name] += n
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def _whole(values: pa.Array) -> pa.Array:
+    """Whole numbers as int64, anything else null (max_tokens read as a JSON number)."""
+    whole = pc.and_(pc.is_finite(values), pc.equal(pc.floor(values), values))
+    return pc.if_else(
+        whole, pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.scalar(None, pa.int64())
+    )
 
 
-def _integer(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _value_counts(values: pa.Array) -> list[tuple[Any, int]]:
+    counted = pc.value_counts(values)
+    return list(
+        zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
+    )
+
+
+def _chunk_samples(prompt_ids: list[int]) -> Any:
+    """The chunk's published samples, as a subquery (their verdicts, their rewards)."""
+    return settled_samples(Sample.objects.filter(prompt_id__in=prompt_ids)).values("pk")
+
+
+def _query(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, type_) for name, type_ in fields])
+
+
+# The columns each query reads, in values_list order, with the Arrow type each comes back as.
+_SAMPLE_QUERY = _query(
+    ("pk", pa.int64()),
+    ("prompt_id", pa.int64()),
+    ("contributor_id", pa.int64()),
+    ("model", pa.string()),
+    ("model_revision", pa.string()),
+    ("temperature", pa.float64()),
+    ("top_p_value", pa.float64()),
+    ("max_tokens_value", pa.float64()),
+    ("sampling_text", pa.string()),
+    ("completion", pa.string()),
+    ("reasoning", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("status", pa.string()),
+    ("duplicate_of_id", pa.int64()),
+)
+# Their names in the rows.
+_SAMPLE_COLUMNS = [
+    {"top_p_value": "top_p", "max_tokens_value": "max_tokens", "sampling_text": "sampling"}.get(
+        name, name.removesuffix("_id") if name == "duplicate_of_id" else name
+    )
+    for name in _SAMPLE_QUERY.names
+]
+_VERDICT_QUERY = _query(
+    ("sample_id", pa.int64()),
+    ("verifier", pa.string()),
+    ("version", pa.int64()),
+    ("status", pa.string()),
+    ("score", pa.float64()),
+)
+_REWARD_QUERY = _query(
+    ("sample_id", pa.int64()), ("raw", pa.float64()), ("normalised", pa.float64())
+)
+_SFT_QUERY = _query(("prompt_id", pa.int64()), ("sample_id", pa.int64()), ("rank", pa.int64()))
+_PAIR_QUERY = _query(
+    ("prompt_id", pa.int64()),
+    ("chosen_id", pa.int64()),
+    ("rejected_id", pa.int64()),
+    ("margin", pa.float64()),
+)

@@ -41,8 +41,9 @@ from scoring.models import (
 from scoring.publishing import licenses
 from scoring.publishing.attribution import Attribution
 from scoring.publishing.card import CardInput, Source, build_card
+from scoring.publishing.fetch import Fetcher, open_fetcher
 from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats, open_twin
-from scoring.publishing.shards import ShardWriter, file_digests
+from scoring.publishing.shards import ShardWriter, background, file_digests
 from scoring.publishing.targets import (
     ConcurrentPublish,
     HubTarget,
@@ -174,19 +175,6 @@ class Build:
     new_prompts: array = field(default_factory=lambda: array("q"))
 
 
-class _NewPromptRecorder(RowReader):
-    """The row reader, noting the prompts this release publishes first (ReleasedPrompt rows
-    are written once the release is confirmed)."""
-
-    def __init__(self, scope: Scope, build: Build, **kwargs: Any) -> None:
-        super().__init__(scope, **kwargs)
-        self._build = build
-
-    def _read_chunk(self, chunk: list[tuple[int, int]], out: Any) -> None:
-        super()._read_chunk(chunk, out)
-        self._build.new_prompts.extend(pk for pk, first in chunk if first == self.scope.version)
-
-
 def admitted_sets(release_license: str) -> tuple[list[PromptSet], list[tuple[str, str]]]:
     """The prompt sets a release under `release_license` may hold, and those left out (with
     the reason) that have closed prompts to publish."""
@@ -218,7 +206,7 @@ def build_release(
     # unchanged data builds the same bytes, and finds its earlier commit already made.
     built_at = release.created_at
     root.mkdir(parents=True, exist_ok=True)
-    with _snapshot():
+    with _snapshot() as fetcher:
         sets, left_out = admitted_sets(release_license)
         for name, reason in left_out:
             message = f"prompt set {name} left out: {reason}"
@@ -231,8 +219,7 @@ def build_release(
             policy=policy,
             set_ids=tuple(s.pk for s in sets),
         )
-        attribution = Attribution()
-        reader = _NewPromptRecorder(scope, build, attribution=attribution, chunk=chunk)
+        reader = RowReader(scope, attribution=Attribution(), chunk=chunk, fetcher=fetcher)
         writers = {
             config: ShardWriter(
                 root,
@@ -242,9 +229,12 @@ def build_release(
             )
             for config in CONFIGS
         }
-        for config, batch in reader.batches():
-            writers[config].write(batch)
+        # Parquet encoding and compression (which let go of the GIL) run beside the reading.
+        with background(writers) as write:
+            for config, batch in reader.batches():
+                write(config, batch)
         shards = {config: writer.close() for config, writer in writers.items()}
+        build.new_prompts = reader.new_prompts
         held_back = (
             Prompt.objects.filter(
                 prompt_set_id__in=scope.set_ids, closed_at__isnull=False, contaminated=False
@@ -308,20 +298,30 @@ def build_release(
 
 
 class _snapshot:
-    """One consistent view of the database for the whole build (PostgreSQL: a read-only
-    REPEATABLE READ transaction), so counts, card and rows agree. Inside a caller's transaction
-    (tests) it reads in that one."""
+    """One consistent view of the database for the whole build, so counts, card and rows
+    agree. On PostgreSQL a read-only REPEATABLE READ transaction whose snapshot is exported, so
+    the Arrow fetcher's own connection reads the same data (fetch.py). Inside a caller's
+    transaction (tests) it reads in that one, through Django's cursor: another connection would
+    not see its uncommitted rows."""
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Fetcher:
         self._atomic = transaction.atomic()
         outer = connection.in_atomic_block
         self._atomic.__enter__()
+        snapshot = None
         if connection.vendor == "postgresql" and not outer:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute("SELECT pg_export_snapshot()")
+                (snapshot,) = cursor.fetchone()
+        self._fetcher = open_fetcher(snapshot)
+        return self._fetcher
 
     def __exit__(self, *exc: Any) -> None:
-        self._atomic.__exit__(*exc)
+        try:
+            self._fetcher.close()
+        finally:
+            self._atomic.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------- publishing

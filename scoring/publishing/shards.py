@@ -14,6 +14,10 @@ share most of its bytes with the old one.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +33,14 @@ WRITER_OPTIONS = {
     "compression_level": 3,
     "use_content_defined_chunking": True,
     "write_page_index": True,
-    "write_statistics": True,
 }
+# Statistics (min/max per page and row group) only for columns they help to filter on: on a
+# text column they are copies of its longest values, kept for every row group until the file
+# is closed, and they grow the footer with the row count.
+STATISTICS_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+# Rows are gathered into row groups of about this much data (uncompressed), as the Hub's
+# viewer and datasets read them best; a shard near its cap takes a smaller last one.
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,16 +90,33 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
         self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_bytes = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
         if self._writer is None:
             self._open()
-        assert self._writer is not None and self._sink is not None
-        self._writer.write_batch(batch)
-        self._rows += batch.num_rows
+        assert self._sink is not None
+        self._pending.append(batch)
+        self._pending_bytes += batch.nbytes
         self.rows += batch.num_rows
+        if (
+            self._pending_bytes >= ROW_GROUP_BYTES
+            or self._sink.tell() + self._pending_bytes >= self.max_bytes
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        assert self._writer is not None and self._sink is not None
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._writer.write_table(table, row_group_size=table.num_rows)
+        self._rows += table.num_rows
+        self._pending = []
+        self._pending_bytes = 0
         # A shard is cut once it reaches the cap: whole row groups, as datasets does.
         if self._sink.tell() >= self.max_bytes:
             self._close_part()
@@ -97,6 +124,7 @@ class ShardWriter:
     def close(self) -> list[ShardFile]:
         """Finishes the config. A config with no rows has no shard (and the card does not list
         it: `datasets` cannot load a split without data)."""
+        self._flush()
         if self._writer is not None:
             self._close_part()
         total = len(self._parts)
@@ -112,7 +140,12 @@ class ShardWriter:
     def _open(self) -> None:
         tmp = self.directory / f".part-{len(self._parts):05d}.parquet"
         self._sink = pa.OSFile(str(tmp), "wb")
-        self._writer = pq.ParquetWriter(self._sink, self.schema, **WRITER_OPTIONS)
+        statistics = [
+            f.name for f in self.schema if any(check(f.type) for check in STATISTICS_TYPES)
+        ]
+        self._writer = pq.ParquetWriter(
+            self._sink, self.schema, write_statistics=statistics, **WRITER_OPTIONS
+        )
         self._parts.append((tmp, 0))
         self._rows = 0
 
@@ -124,3 +157,39 @@ class ShardWriter:
         self._parts[-1] = (path, self._rows)
         self._writer = None
         self._sink = None
+
+
+@contextmanager
+def background(
+    writers: dict[str, ShardWriter], *, depth: int = 8
+) -> Iterator[Callable[[str, pa.RecordBatch], None]]:
+    """A thread that writes the batches it is handed, in order, while the caller reads the
+    next ones. At most `depth` batches wait. An error in the thread is raised in the caller
+    (at its next hand-over, or on leaving the block)."""
+    work: queue.Queue[tuple[str, pa.RecordBatch] | None] = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        while (item := work.get()) is not None:
+            if failure:
+                continue  # drain, so the caller never blocks on a full queue
+            try:
+                writers[item[0]].write(item[1])
+            except BaseException as exc:
+                failure.append(exc)
+
+    thread = threading.Thread(target=run, name="release-writer", daemon=True)
+    thread.start()
+
+    def submit(config: str, batch: pa.RecordBatch) -> None:
+        if failure:
+            raise failure[0]
+        work.put((config, batch))
+
+    try:
+        yield submit
+    finally:
+        work.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]

@@ -330,14 +330,15 @@ def test_a_new_release_rewrites_only_the_shards_that_changed(release_dirs):
     path = repo_path(release_dirs)
     assert git(path, "diff", "--name-only", "v1", "v2") == "README.md"
 
-    # Bob's verified sample of the last prompt leaves: only that prompt's raw and sft shards
-    # change (its pair, Alice's over the rejected one, stays).
+    # Bob's verified sample of the last prompt leaves: only that prompt's raw, sft and rl
+    # (its pass rate, now 1 of 2) shards change; its pair, Alice's over the rejected one, stays.
     Sample.objects.filter(pk=data.samples[-2].pk).update(quarantined=True)
     rebuild_prompt(prompt_id=data.prompts[-1].pk, policy=configured_policy())
     publish(max_shard_bytes=1, chunk=1)
     assert git(path, "diff", "--name-only", "v2", "v3").split("\n") == [
         "README.md",
         "data/raw/train-00002-of-00003.parquet",
+        "data/rl/train-00002-of-00003.parquet",
         "data/sft/train-00002-of-00003.parquet",
     ]
 

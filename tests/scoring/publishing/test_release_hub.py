@@ -106,6 +106,7 @@ def test_a_second_release_uploads_only_what_changed(hub):
     assert changed == [
         "README.md",
         "data/raw/train-00001-of-00002.parquet",
+        "data/rl/train-00001-of-00002.parquet",
         "data/sft/train-00001-of-00002.parquet",
     ]
     assert second.version == 2
