@@ -208,6 +208,18 @@ def candidates_of(prompt: Prompt, policy: Policy) -> list[Candidate]:
     ]
 
 
+def pass_rates(candidates: Sequence[Candidate]) -> dict[str, float | None]:
+    """Per model, the share of its eligible samples that are verified: what decides RL
+    prompts. Over the samples that may be published, not every stored one (PromptModelStats):
+    a banned contributor's or a copied sample must not pick whose gold goes out."""
+    judged: dict[str, list[int]] = {}
+    for c in candidates:
+        counts = judged.setdefault(c.model, [0, 0])
+        counts[0] += 1
+        counts[1] += c.correct
+    return {model: ok / n for model, (n, ok) in judged.items()}
+
+
 @transaction.atomic
 def rebuild_prompt(*, prompt_id: int, policy: Policy) -> PromptPicks:
     """Replaces the prompt's selections and pairs under `policy` with what its samples give
@@ -223,8 +235,8 @@ def rebuild_prompt(*, prompt_id: int, policy: Policy) -> PromptPicks:
     if prompt.contaminated:
         return PromptPicks()
     mark_duplicates(prompt)
-    pass_rates = {s.model: s.pass_rate for s in PromptModelStats.objects.filter(prompt=prompt)}
-    picks = pick(candidates_of(prompt, policy), pass_rates, policy)
+    candidates = candidates_of(prompt, policy)
+    picks = pick(candidates, pass_rates(candidates), policy)
     common = {"prompt": prompt, "policy": policy.label, "policy_version": policy.version}
     Selection.objects.bulk_create(
         [

@@ -366,3 +366,20 @@ def test_banning_in_the_admin_schedules_the_rebuild_of_the_contributors_prompts(
         )
     assert response.status_code == 302, response.content[:500]
     assert sorted(sent) == sorted(p.pk for p in prompts)
+
+
+@pytest.mark.django_db
+def test_rl_pass_rates_count_only_samples_that_may_be_published():
+    prompt = PromptFactory()
+    _sample(prompt, V, tokens=10)
+    _sample(prompt, R, tokens=20)
+    # A banned contributor's wrong answers would pull o/a's rate to 1/8 (below the band): they
+    # must not decide whose gold goes out as an RL prompt.
+    banned = UserFactory()
+    for tokens in range(30, 36):
+        _sample(prompt, R, tokens=tokens, contributor=banned)
+    Profile.objects.filter(user=banned).update(banned=True)
+    stats.recompute(prompt_ids=[prompt.pk])
+    assert PromptModelStats.objects.get(prompt=prompt).pass_rate == 1 / 8
+    picks = rebuild_prompt(prompt_id=prompt.pk, policy=Policy())
+    assert picks.rl_models == ["o/a"]
