@@ -63,9 +63,7 @@ def test_the_adbc_reads_see_the_builds_snapshot_not_later_commits(release_dirs, 
 
             other = connections.create_connection("default")
             with other.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {Sample._meta.db_table} SET quarantined = true"
-                )
+                cursor.execute(f"UPDATE {Sample._meta.db_table} SET quarantined = true")
             other.commit() if not other.get_autocommit() else None
             other.close()
         calls.append(chunk)

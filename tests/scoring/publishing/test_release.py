@@ -577,3 +577,87 @@ def test_queueing_a_release_with_the_broker_away_does_not_raise(release_dirs, mo
 
     monkeypatch.setattr(tasks.publish_release, "apply_async", away)
     assert tasks.queue_release(1) is False
+
+
+@pytest.mark.django_db
+def test_a_retry_after_the_data_changed_commits_the_new_build_and_records_it(
+    release_dirs, monkeypatch, tmp_path
+):
+    data = make_dataset(prompts=1)
+    real_tag = targets.LocalTarget.tag
+    fail = {"once": True}
+
+    def flaky_tag(self, **kwargs):
+        if fail.pop("once", False):
+            raise targets.PublishError("tag refused")
+        return real_tag(self, **kwargs)
+
+    monkeypatch.setattr(targets.LocalTarget, "tag", flaky_tag)
+    release = start_release(target="local", repo_id="org/name")
+    with pytest.raises(targets.PublishError):
+        run_release(release_id=release.pk)
+    # Meanwhile another prompt closes: the retry's build has it, and what is recorded is what
+    # the tag points at.
+    newcomer = PromptFactory(prompt_set=data.prompt_set, gold="GOLD-NEW")
+    add_sample(newcomer, V, contributor=UserFactory(username="alice"), text="<think>n</think> 5")
+    Prompt.objects.filter(pk=newcomer.pk).update(closed_at=timezone.now())
+    published = run_release(release_id=release.pk)
+    path = repo_path(release_dirs)
+    assert published.row_counts["raw"] == 4
+    assert git(path, "rev-parse", "v1^{commit}") == published.commit_id
+    assert load(path, "raw", tmp_path).num_rows == 4
+    assert git(path, "rev-list", "--count", "main") == "2"  # the first attempt's, then this
+    assert set(ReleasedPrompt.objects.values_list("prompt_id", flat=True)) == {
+        *(p.pk for p in data.prompts),
+        newcomer.pk,
+    }
+
+
+@pytest.mark.django_db
+def test_what_a_killed_attempt_left_in_the_folder_never_gets_into_a_release(release_dirs):
+    make_dataset(prompts=1)
+    publish()
+    path = repo_path(release_dirs)
+    # Leftovers: a staged file, a stray file in data/, and a HEAD someone detached.
+    (path / "data" / "raw" / "train-00000-of-00009.parquet").write_bytes(b"junk")
+    git(path, "add", "data/raw/train-00000-of-00009.parquet")
+    (path / "data" / "stray.txt").write_text("stray")
+    git(path, "checkout", "-q", "--detach", "v1")
+    second = publish()
+    assert git(path, "ls-tree", "-r", "--name-only", "v2").split("\n") == sorted(second.files)
+    assert (
+        git(path, "rev-parse", "v2^{commit}")
+        == second.commit_id
+        != git(path, "rev-parse", "v1^{commit}")
+    )
+    assert git(path, "symbolic-ref", "HEAD") == "refs/heads/main"
+
+
+@pytest.mark.django_db
+def test_a_local_commit_that_fails_leaves_main_and_the_release_as_they_were(
+    release_dirs, monkeypatch
+):
+    make_dataset(prompts=1)
+    first = publish()
+    path = repo_path(release_dirs)
+    real_git = targets.LocalTarget._git
+
+    def no_commit_tree(self, *args, **kwargs):
+        if args and args[0] == "commit-tree":
+            raise targets.PublishError("git commit-tree failed: disk full")
+        return real_git(self, *args, **kwargs)
+
+    monkeypatch.setattr(targets.LocalTarget, "_git", no_commit_tree)
+    release = start_release(target="local", repo_id="org/name")
+    with pytest.raises(targets.PublishError, match="disk full"):
+        run_release(release_id=release.pk)
+    assert git(path, "rev-parse", "main") == first.commit_id
+    assert Release.objects.get(pk=release.pk).state == "failed"
+    assert not list((path / ".git").glob("thinkpool-index-*"))
+
+
+@pytest.mark.django_db
+def test_a_relative_path_is_kept_absolute(release_dirs, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    release = start_release(target="local", repo_id="org/name", path="rel/dir")
+    assert release.location == str(tmp_path / "rel" / "dir")

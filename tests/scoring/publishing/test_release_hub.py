@@ -221,3 +221,16 @@ def test_a_card_the_hub_refuses_is_never_committed(hub, monkeypatch):
     with pytest.raises(targets.PublishError, match="refused the dataset card"):
         run_release(release_id=release.pk)
     assert git(hub.git_dir(REPO), "rev-list", "--count", "main") == "1"
+
+
+@pytest.mark.django_db
+def test_a_release_past_the_files_per_commit_limit_is_a_chain_ending_in_the_card(hub, monkeypatch):
+    make_dataset(prompts=5)
+    monkeypatch.setattr(targets, "MAX_OPERATIONS_PER_COMMIT", 4)
+    release = publish_hub(max_shard_bytes=1, chunk=1)
+    git_dir = hub.git_dir(REPO)
+    subjects = git(git_dir, "log", "--format=%s", "main").split("\n")
+    # 20 shards and the card in chains of 4: 6 commits on top of the initial one.
+    assert subjects[:6] == ["Release v1"] + [f"Release v1 (part {i} of 6)" for i in (5, 4, 3, 2, 1)]
+    assert git(git_dir, "diff", "--name-only", "main~1", "main") == "README.md"
+    assert release.commit_id == git(git_dir, "rev-parse", "v1^{commit}")
