@@ -142,13 +142,21 @@ def _margin(chosen: Candidate, rejected: Candidate) -> float:
     return 1.0  # correct over incorrect, with no reward to say by how much
 
 
+def settled_q(prefix: str = "") -> Q:
+    """A sample (reached by `prefix`, e.g. "sample__") that is judged and not held back
+    (quarantined, banned or deactivated contributor): what selections and releases are made
+    of."""
+    return (
+        Q(**{f"{prefix}status__in": [SampleStatus.VERIFIED, SampleStatus.REJECTED]})
+        & Q(**{f"{prefix}quarantined": False})
+        & ~Q(**{f"{prefix}contributor__profile__banned": True})
+        & ~Q(**{f"{prefix}contributor__is_active": False})
+    )
+
+
 def settled_samples(samples: Any) -> Any:
-    """Of `samples`, the judged ones that are not held back (quarantined, banned or deactivated
-    contributor): what selections and releases are made of."""
-    return samples.filter(
-        status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
-        quarantined=False,
-    ).exclude(Q(contributor__profile__banned=True) | Q(contributor__is_active=False))
+    """Of `samples`, the settled ones (settled_q)."""
+    return samples.filter(settled_q())
 
 
 def settled(prompt: Prompt) -> Any:

@@ -16,11 +16,12 @@ inlined by the database backend's own quoting (`connection.ops.compose_sql`) for
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
 from django.db import connection
-from django.db.models import FloatField, Func
+from django.db.models import FloatField, Func, Lookup
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,43 @@ class JsonNumber(Func):
         return sql, [*params, *params]
 
 
+class Ids(list):  # type: ignore[type-arg]
+    """A list of ids given to `any_of`. A query is compiled once with a marker list (one id
+    no row has), found again among the compiled parameters, and each chunk's ids are put in
+    its place."""
+
+
+_MARKER_ID = -7_392_019_417
+
+
+class AnyOf(Lookup):
+    """`field__any_of=ids`: `= ANY(array)` on PostgreSQL (one parameter however many ids, so
+    a compiled query is reused with other ids), an IN list elsewhere. Registered on the fields
+    the release reads by (register_lookups)."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def process_rhs(self, compiler: Any, connection: Any) -> Any:
+        return "%s", [self.rhs]
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        ids = list(self.rhs)
+        if not ids:
+            return "1 = 0", list(lhs_params)
+        return f"{lhs} IN ({', '.join(['%s'] * len(ids))})", [*lhs_params, *ids]
+
+    def as_postgresql(self, compiler: Any, connection: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s::bigint[])", [*lhs_params, self.rhs]
+
+
+def register_lookups(fields: Sequence[Any]) -> None:
+    for field in fields:
+        field.register_lookup(AnyOf)
+
+
 def _to_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
     return pa.Table.from_arrays(
@@ -93,6 +131,15 @@ class Fetcher:
 
     def table(self, queryset: Any, schema: pa.Schema) -> pa.Table:
         sql, params = queryset.query.sql_with_params()
+        return self._run(sql, list(params), schema)
+
+    def by_ids(
+        self, key: str, make: Callable[[Ids], Any], ids: Sequence[int], schema: pa.Schema
+    ) -> pa.Table:
+        """The rows of the queryset `make(ids)` builds; `key` names the kind of query."""
+        return self.table(make(Ids(ids)), schema)
+
+    def _run(self, sql: str, params: list[Any], schema: pa.Schema) -> pa.Table:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return _to_table(cursor.fetchall(), schema)
@@ -117,11 +164,30 @@ class AdbcFetcher(Fetcher):
         # The dbapi wrapper opens a transaction itself (autocommit off): make it the snapshot's.
         self._cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         self._cursor.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}'")
+        self._compiled: dict[str, tuple[str, list[Any], list[int]]] = {}
 
-    def table(self, queryset: Any, schema: pa.Schema) -> pa.Table:
-        sql, params = queryset.query.sql_with_params()
+    def by_ids(
+        self, key: str, make: Callable[[Ids], Any], ids: Sequence[int], schema: pa.Schema
+    ) -> pa.Table:
+        # Django compiles each kind of query once; a chunk only swaps its ids in.
+        if key not in self._compiled:
+            sql, params = make(Ids([_MARKER_ID])).query.sql_with_params()
+            params = list(params)
+            # Found by value: Django copies a query's parameters as it builds it.
+            at = [i for i, p in enumerate(params) if isinstance(p, list) and p == [_MARKER_ID]]
+            if not at:
+                raise ValueError(f"query {key!r} does not filter by any_of=ids: {params!r}")
+            self._compiled[key] = (sql, params, at)
+        sql, params, at = self._compiled[key]
+        params = list(params)
+        for i in at:
+            params[i] = [int(pk) for pk in ids]
+        return self._run(sql, params, schema)
+
+    def _run(self, sql: str, params: list[Any], schema: pa.Schema) -> pa.Table:
         # PostgreSQL's backend inlines the parameters with the driver's own quoting.
-        self._cursor.execute(connection.ops.compose_sql(sql, params))  # type: ignore[attr-defined]
+        text = connection.ops.compose_sql(sql, params)  # type: ignore[attr-defined]
+        self._cursor.execute(text)
         got = self._cursor.fetch_arrow_table()
         return got.rename_columns(schema.names).cast(schema)
 

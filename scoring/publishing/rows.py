@@ -27,6 +27,7 @@ import json
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,8 @@ from scoring.publishing.chat import (
     single_turns,
     split_reasoning,
 )
-from scoring.publishing.fetch import Fetcher, JsonNumber
-from scoring.selection import Policy, chat_messages, settled_samples
+from scoring.publishing.fetch import Fetcher, JsonNumber, register_lookups
+from scoring.selection import Policy, chat_messages, settled_q, settled_samples
 
 CONFIGS = ("sft", "preference", "rl", "raw")
 # Prompts read per chunk: a few thousand samples of a few KB each.
@@ -260,26 +261,149 @@ class RowReader:
         }
 
     def batches(self) -> Iterator[tuple[str, pa.RecordBatch]]:
-        for chunk in _chunks(self.scope, self.chunk):
-            for config, table in self._read_chunk(chunk).items():
-                if table.num_rows:
-                    self.stats.rows[config] += table.num_rows
-                    for batch in table.to_batches():
-                        yield config, batch
+        """Each chunk's rows per config. With the ADBC fetcher the next chunk's queries run in
+        a thread while this one is assembled (the driver lets go of the GIL while the database
+        works and while it decodes)."""
+        chunks = _chunks(self.scope, self.chunk)
+        if not self.fetcher.adbc:
+            for chunk in chunks:
+                yield from self._emit(self._assemble(chunk, self._fetch(chunk)))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-fetch") as pool:
+            ahead: Future[_ChunkData] | None = None
+            current: list[tuple[int, int]] | None = None
+            for chunk in chunks:
+                following = pool.submit(self._fetch, chunk)
+                if ahead is not None and current is not None:
+                    yield from self._emit(self._assemble(current, ahead.result()))
+                ahead, current = following, chunk
+            if ahead is not None and current is not None:
+                yield from self._emit(self._assemble(current, ahead.result()))
+
+    def _emit(self, tables: dict[str, pa.Table]) -> Iterator[tuple[str, pa.RecordBatch]]:
+        for config, table in tables.items():
+            if table.num_rows:
+                self.stats.rows[config] += table.num_rows
+                for batch in table.to_batches():
+                    yield config, batch
 
     # ------------------------------------------------------------------ one chunk
 
-    def _read_chunk(self, chunk: list[tuple[int, int]]) -> dict[str, pa.Table]:
+    def _fetch(self, chunk: list[tuple[int, int]]) -> _ChunkData:
+        """Every query of one chunk, through the fetcher only (it may run in another thread,
+        which must not touch Django's connection)."""
         policy = self.scope.policy
-        fetch = self.fetcher.table
+        ids = [pk for pk, _ in chunk]
+        by_ids = self.fetcher.by_ids
+        data = _ChunkData(
+            prompts=by_ids(
+                "prompts",
+                lambda ids: (
+                    Prompt.objects.filter(pk__any_of=ids)
+                    .annotate(messages_text=Cast("messages", TextField()))
+                    .order_by()
+                    .values_list("pk", "prompt_set_id", "external_id", "messages_text")
+                ),
+                ids,
+                _PROMPT_QUERY,
+            ),
+            samples=by_ids(
+                "samples",
+                lambda ids: (
+                    settled_samples(Sample.objects.filter(prompt_id__any_of=ids))
+                    .annotate(
+                        top_p_value=JsonNumber("sampling", "top_p"),
+                        max_tokens_value=JsonNumber("sampling", "max_tokens"),
+                        sampling_text=Cast("sampling", TextField()),
+                    )
+                    .order_by()
+                    .values_list(*_SAMPLE_QUERY.names)
+                ),
+                ids,
+                _SAMPLE_QUERY,
+            ),
+            verdicts=by_ids(
+                "verdicts",
+                lambda ids: (
+                    Verdict.objects.filter(settled_q("sample__"), sample__prompt_id__any_of=ids)
+                    .order_by("sample_id", "verifier", "version")
+                    .values_list(*_VERDICT_QUERY.names)
+                ),
+                ids,
+                _VERDICT_QUERY,
+            ),
+            rewards=by_ids(
+                "rewards",
+                lambda ids: RewardScore.objects.filter(
+                    settled_q("sample__"),
+                    sample__prompt_id__any_of=ids,
+                    reward_model=policy.reward_model,
+                    version=policy.reward_version,
+                ).values_list(*_REWARD_QUERY.names),
+                ids,
+                _REWARD_QUERY,
+            )
+            if policy.reward_model and policy.reward_version is not None
+            else _REWARD_QUERY.empty_table(),
+            selections=by_ids(
+                "selections",
+                lambda ids: (
+                    Selection.objects.filter(
+                        prompt_id__any_of=ids, policy=policy.label, policy_version=policy.version
+                    )
+                    .order_by()
+                    .values_list("prompt_id", "kind", "sample_id", "model", "rank")
+                ),
+                ids,
+                _SELECTION_QUERY,
+            ),
+            pairs=by_ids(
+                "pairs",
+                lambda ids: (
+                    PreferencePair.objects.filter(
+                        prompt_id__any_of=ids, policy=policy.label, policy_version=policy.version
+                    )
+                    .order_by("pk")
+                    .values_list("prompt_id", "chosen_id", "rejected_id", "margin")
+                ),
+                ids,
+                _PAIR_QUERY,
+            ),
+        )
+        rl_prompts = sorted(
+            set(
+                data.selections.filter(pc.equal(data.selections["kind"], SelectionKind.RL.value))[
+                    "prompt_id"
+                ].to_pylist()
+            )
+        )
+        data.gold = (
+            by_ids(
+                "gold",
+                lambda ids: (
+                    PromptGold.objects.filter(prompt_id__any_of=ids)
+                    .annotate(tests_text=Cast("tests", TextField()))
+                    .order_by()
+                    .values_list("prompt_id", "answer", "tests_text")
+                ),
+                rl_prompts,
+                _GOLD_QUERY,
+            )
+            if rl_prompts
+            else _GOLD_QUERY.empty_table()
+        )
+        return data
+
+    def _assemble(self, chunk: list[tuple[int, int]], data: _ChunkData) -> dict[str, pa.Table]:
+        policy = self.scope.policy
         ids = [pk for pk, _ in chunk]
         position = {pk: i for i, pk in enumerate(ids)}
 
         # Prompt-level columns, in chunk order (a chunk is a few hundred prompts).
         prompt_rows = {
             pk: (set_id, external_id, messages)
-            for pk, set_id, external_id, messages in Prompt.objects.filter(pk__in=ids).values_list(
-                "pk", "prompt_set_id", "external_id", "messages"
+            for pk, set_id, external_id, messages in zip(
+                *(data.prompts[name].to_pylist() for name in _PROMPT_QUERY.names), strict=True
             )
         }
         infos = [self._sets[prompt_rows[pk][0]] for pk in ids]
@@ -294,24 +418,14 @@ class RowReader:
         }
         prompt_messages = pa.array(
             [
-                chat_messages(info.set.render_messages(prompt_rows[pk][2]))
+                chat_messages(info.set.render_messages(json.loads(prompt_rows[pk][2])))
                 for pk, info in zip(ids, infos, strict=True)
             ],
             MESSAGES,
         )
 
         # Samples, in row order: the chunk's prompt order, then sample id.
-        samples = fetch(
-            settled_samples(Sample.objects.filter(prompt_id__in=ids))
-            .annotate(
-                top_p_value=JsonNumber("sampling", "top_p"),
-                max_tokens_value=JsonNumber("sampling", "max_tokens"),
-                sampling_text=Cast("sampling", TextField()),
-            )
-            .order_by()
-            .values_list(*_SAMPLE_QUERY.names),
-            _SAMPLE_QUERY,
-        )
+        samples = data.samples
         chunk_ids = pa.array(ids, pa.int64())
         samples = samples.rename_columns(_SAMPLE_COLUMNS)
         samples = samples.append_column(
@@ -321,12 +435,7 @@ class RowReader:
         ppos = samples["ppos"].to_numpy()
         pks = samples["pk"].combine_chunks()
 
-        verdicts = fetch(
-            Verdict.objects.filter(sample__in=_chunk_samples(ids))
-            .order_by("sample_id", "verifier", "version")
-            .values_list(*_VERDICT_QUERY.names),
-            _VERDICT_QUERY,
-        )
+        verdicts = data.verdicts
         vpos = pc.index_in(verdicts["sample_id"], value_set=pks).to_numpy(zero_copy_only=False)
         order = pa.array(np.argsort(vpos, kind="stable"))
         voffsets = np.zeros(n + 1, dtype=np.int32)
@@ -344,17 +453,7 @@ class RowReader:
             ),
         )
 
-        if policy.reward_model and policy.reward_version is not None:
-            rewards = fetch(
-                RewardScore.objects.filter(
-                    sample__in=_chunk_samples(ids),
-                    reward_model=policy.reward_model,
-                    version=policy.reward_version,
-                ).values_list(*_REWARD_QUERY.names),
-                _REWARD_QUERY,
-            )
-        else:
-            rewards = _REWARD_QUERY.empty_table()
+        rewards = data.rewards
         widx = pc.index_in(pks, value_set=rewards["sample_id"])
         scored = pc.is_valid(widx)
         reward_model = pc.if_else(
@@ -409,16 +508,9 @@ class RowReader:
         original = pc.is_null(duplicate_of)
 
         # SFT: the selected samples that are still eligible, by prompt then rank.
-        sft = fetch(
-            Selection.objects.filter(
-                prompt_id__in=ids,
-                kind=SelectionKind.SFT,
-                policy=policy.label,
-                policy_version=policy.version,
-            )
-            .order_by()
-            .values_list("prompt_id", "sample_id", "rank"),
-            _SFT_QUERY,
+        selections = data.selections
+        sft = selections.filter(pc.equal(selections["kind"], SelectionKind.SFT.value)).select(
+            ["prompt_id", "sample_id", "rank"]
         )
         sidx = pc.index_in(sft["sample_id"].combine_chunks(), value_set=pks)
         keep = pc.fill_null(pc.array_take(eligible, sidx), False)
@@ -436,14 +528,7 @@ class RowReader:
         )
 
         # Preference pairs whose two samples are both published and neither a copy.
-        pairs = fetch(
-            PreferencePair.objects.filter(
-                prompt_id__in=ids, policy=policy.label, policy_version=policy.version
-            )
-            .order_by("pk")
-            .values_list("prompt_id", "chosen_id", "rejected_id", "margin"),
-            _PAIR_QUERY,
-        )
+        pairs = data.pairs
         cidx = pc.index_in(pairs["chosen_id"].combine_chunks(), value_set=pks)
         ridx = pc.index_in(pairs["rejected_id"].combine_chunks(), value_set=pks)
         keep = pc.and_(
@@ -471,15 +556,14 @@ class RowReader:
         )
 
         # RL: (prompt, model) pairs, with the pass rate over the published, original samples.
-        rl = [
-            (prompt_id, model)
-            for prompt_id, model in Selection.objects.filter(
-                prompt_id__in=ids,
-                kind=SelectionKind.RL,
-                policy=policy.label,
-                policy_version=policy.version,
-            ).values_list("prompt_id", "model")
-        ]
+        rl_selected = selections.filter(pc.equal(selections["kind"], SelectionKind.RL.value))
+        rl = list(
+            zip(
+                rl_selected["prompt_id"].to_pylist(),
+                rl_selected["model"].to_pylist(),
+                strict=True,
+            )
+        )
         rl.sort(key=lambda pm: (position[pm[0]], pm[1]))
         counts: dict[tuple[int, str], tuple[int, int]] = {}
         if rl:
@@ -506,10 +590,10 @@ class RowReader:
                 )
             }
         gold = {
-            prompt_id: (answer, tests)
-            for prompt_id, answer, tests in PromptGold.objects.filter(
-                prompt_id__in={p for p, _ in rl}
-            ).values_list("prompt_id", "answer", "tests")
+            prompt_id: (answer, None if tests is None else json.loads(tests))
+            for prompt_id, answer, tests in zip(
+                *(data.gold[name].to_pylist() for name in _GOLD_QUERY.names), strict=True
+            )
         }
         rl_rows = [
             (position[p], m, *counts.get((p, m), (0, 0)), *gold.get(p, ("", None))) for p, m in rl
@@ -610,11 +694,6 @@ def _value_counts(values: pa.Array) -> list[tuple[Any, int]]:
     )
 
 
-def _chunk_samples(prompt_ids: list[int]) -> Any:
-    """The chunk's published samples, as a subquery (their verdicts, their rewards)."""
-    return settled_samples(Sample.objects.filter(prompt_id__in=prompt_ids)).values("pk")
-
-
 def _query(*fields: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema([pa.field(name, type_) for name, type_ in fields])
 
@@ -655,7 +734,46 @@ _VERDICT_QUERY = _query(
 _REWARD_QUERY = _query(
     ("sample_id", pa.int64()), ("raw", pa.float64()), ("normalised", pa.float64())
 )
-_SFT_QUERY = _query(("prompt_id", pa.int64()), ("sample_id", pa.int64()), ("rank", pa.int64()))
+_SELECTION_QUERY = _query(
+    ("prompt_id", pa.int64()),
+    ("kind", pa.string()),
+    ("sample_id", pa.int64()),
+    ("model", pa.string()),
+    ("rank", pa.int64()),
+)
+_PROMPT_QUERY = _query(
+    ("pk", pa.int64()),
+    ("prompt_set_id", pa.int64()),
+    ("external_id", pa.string()),
+    ("messages_text", pa.string()),
+)
+_GOLD_QUERY = _query(
+    ("prompt_id", pa.int64()), ("answer", pa.string()), ("tests_text", pa.string())
+)
+
+
+@dataclass
+class _ChunkData:
+    """What one chunk's queries return."""
+
+    prompts: pa.Table
+    samples: pa.Table
+    verdicts: pa.Table
+    rewards: pa.Table
+    selections: pa.Table
+    pairs: pa.Table
+    gold: pa.Table = field(default_factory=_GOLD_QUERY.empty_table)
+
+
+register_lookups(
+    [
+        Prompt._meta.get_field("id"),
+        Sample._meta.get_field("prompt"),
+        Selection._meta.get_field("prompt"),
+        PreferencePair._meta.get_field("prompt"),
+        PromptGold._meta.get_field("prompt"),
+    ]
+)
 _PAIR_QUERY = _query(
     ("prompt_id", pa.int64()),
     ("chosen_id", pa.int64()),

@@ -53,7 +53,7 @@ def test_the_adbc_reads_see_the_builds_snapshot_not_later_commits(release_dirs, 
     release = start_release(target="local", repo_id="org/name")
     from scoring.publishing import rows
 
-    real = rows.RowReader._read_chunk
+    real = rows.RowReader._fetch
     calls = []
 
     def meanwhile(self, chunk):
@@ -69,7 +69,7 @@ def test_the_adbc_reads_see_the_builds_snapshot_not_later_commits(release_dirs, 
         calls.append(chunk)
         return real(self, chunk)
 
-    monkeypatch.setattr(rows.RowReader, "_read_chunk", meanwhile)
+    monkeypatch.setattr(rows.RowReader, "_fetch", meanwhile)
     build = build_release(release, release_dirs / "snap")
     assert build.row_counts["raw"] == 6
     assert Sample.objects.filter(quarantined=True).count() == 6
