@@ -63,7 +63,7 @@ from scoring.selection import Policy, chat_messages, settled_q, settled_samples
 
 CONFIGS = ("sft", "preference", "rl", "raw")
 # Prompts read per chunk: a few thousand samples of a few KB each.
-PROMPTS_PER_CHUNK = 256
+PROMPTS_PER_CHUNK = 512
 
 VERDICT = pa.struct(
     [

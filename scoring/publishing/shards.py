@@ -30,7 +30,7 @@ DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 
 WRITER_OPTIONS = {
     "compression": "zstd",
-    "compression_level": 3,
+    "compression_level": 1,
     "use_content_defined_chunking": True,
     "write_page_index": True,
 }
@@ -161,7 +161,7 @@ class ShardWriter:
 
 @contextmanager
 def background(
-    writers: dict[str, ShardWriter], *, depth: int = 8
+    writers: dict[str, ShardWriter], *, depth: int = 4
 ) -> Iterator[Callable[[str, pa.RecordBatch], None]]:
     """A thread that writes the batches it is handed, in order, while the caller reads the
     next ones. At most `depth` batches wait. An error in the thread is raised in the caller
