@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from scoring import counters
@@ -617,6 +617,17 @@ def import_prompts(
         # Seqs for the new prompts; the set's row stays locked until this import commits.
         seqs = iter(PromptSet.next_seqs(prompt_set.pk, len(new))) if new else iter(())
         flags = _screen(new)
+        # So is a near-duplicate of a closed prompt: a reworded copy of a published problem.
+        near_closed = dict(
+            Prompt.objects.filter(
+                pk__in={f.near_existing for f in flags.values() if f.near_existing},
+                closed_at__isnull=False,
+            ).values_list("pk", "closed_at")
+        )
+        for c in new:
+            near_of = flags[c.text_hash].near_existing
+            if c.text_hash not in closed_at and near_of in near_closed:
+                closed_at[c.text_hash] = near_closed[near_of]
         report.contaminated = sum(1 for c in new if flags[c.text_hash].matches)
         report.near_duplicates = sum(
             1 for c in new if flags[c.text_hash].near_existing or flags[c.text_hash].near_new
@@ -691,9 +702,13 @@ def _screen(new: list[CleanRow]) -> dict[str, _Screen]:
             if len(index)
             else []
         )
+    # Prompts of active sets (a copy would be collected twice) and closed ones anywhere (a
+    # copy of a prompt whose gold may be public is born closed).
     existing = (
         (f"p{pk}", _prompt_text(messages))
-        for pk, messages in Prompt.objects.filter(prompt_set__is_active=True)
+        for pk, messages in Prompt.objects.filter(
+            Q(prompt_set__is_active=True) | Q(closed_at__isnull=False)
+        )
         .order_by("pk")
         .values_list("pk", "messages")
         .iterator(chunk_size=2000)
@@ -797,9 +812,16 @@ def _check_references(
 
 def _close(prompts: QuerySet[Prompt], at: datetime | None, twins: bool) -> int:
     if twins:
-        # The same text in another set has the same answer: once one copy's gold may be
-        # public, no copy can stay open (verdicts on it would confirm what was published).
-        prompts = Prompt.objects.filter(text_hash__in=prompts.values("text_hash"))
+        # The same text in another set has the same answer, and so, nearly always, has a
+        # near-duplicate (scoring/dedup.py): once one copy's gold may be public, no copy can
+        # stay open (verdicts on it would confirm what was published). Near-duplicates one
+        # link away either way, then every copy of their texts.
+        near = Prompt.objects.filter(
+            Q(pk__in=prompts.values("pk"))
+            | Q(near_duplicate_of__in=prompts.values("pk"))
+            | Q(pk__in=prompts.filter(near_duplicate_of__isnull=False).values("near_duplicate_of"))
+        )
+        prompts = Prompt.objects.filter(text_hash__in=near.values("text_hash"))
     prompts = prompts.filter(closed_at__isnull=True)
     # Locked in id order first. Uploads hold the prompts they store for FOR SHARE until they
     # commit (contributors.services), so an upload in flight finishes before the close, and

@@ -81,3 +81,33 @@ def test_near_duplicates_within_one_import_point_at_the_earlier_prompt():
     first = Prompt.objects.get(messages__0__content=LONG)
     second = Prompt.objects.get(messages__0__content=reworded)
     assert (first.near_duplicate_of_id, second.near_duplicate_of_id) == (None, first.pk)
+
+
+def test_a_reworded_copy_of_a_closed_prompt_is_born_closed_even_from_a_retired_set():
+    from scoring.services import retire_prompt_set
+
+    old_set = make_set("published")
+    import_prompts(prompt_set=old_set, rows=rows(LONG))
+    retire_prompt_set(prompt_set=old_set)
+    original = Prompt.objects.get()
+    reworded = LONG.replace("autumn", "fall")
+    fresh = "Compute the sum of the first one hundred positive integers using any method you like."
+    import_prompts(prompt_set=make_set("new"), rows=rows(reworded, fresh))
+    copy = Prompt.objects.get(messages__0__content=reworded)
+    assert copy.near_duplicate_of_id == original.pk
+    assert copy.closed_at == Prompt.objects.get(pk=original.pk).closed_at
+    assert Prompt.objects.get(messages__0__content=fresh).closed_at is None
+
+
+def test_closing_a_prompt_closes_its_near_duplicates_both_ways():
+    from scoring.services import close_prompts
+
+    import_prompts(prompt_set=make_set("a"), rows=rows(LONG))
+    import_prompts(prompt_set=make_set("b"), rows=rows(LONG.replace("autumn", "fall")))
+    import_prompts(prompt_set=make_set("c"), rows=rows("What is seven times eight, exactly?"))
+    original = Prompt.objects.get(prompt_set__name="a")
+    copy = Prompt.objects.get(prompt_set__name="b")
+    unrelated = Prompt.objects.get(prompt_set__name="c")
+    assert close_prompts(prompt_ids=[copy.pk]) == 2
+    assert Prompt.objects.get(pk=original.pk).closed_at is not None
+    assert Prompt.objects.get(pk=unrelated.pk).closed_at is None
