@@ -338,7 +338,7 @@ class RowReader:
                     settled_q("sample__"),
                     sample__prompt_id__any_of=ids,
                     reward_model=policy.reward_model,
-                    version=policy.reward_version,
+                    version=policy.reward_version or 0,
                 ).values_list(*_REWARD_QUERY.names),
                 ids,
                 _REWARD_QUERY,
