@@ -661,3 +661,29 @@ def test_a_relative_path_is_kept_absolute(release_dirs, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     release = start_release(target="local", repo_id="org/name", path="rel/dir")
     assert release.location == str(tmp_path / "rel" / "dir")
+
+
+@pytest.mark.django_db
+def test_rows_carry_the_policys_reward_scores(release_dirs, settings, tmp_path):
+    from scoring.models import RewardScore
+
+    settings.THINKPOOL_REWARD_MODELS = ["org/rm@2"]
+    data = make_dataset(prompts=1)
+    scored = data.samples[:2]
+    for i, sample in enumerate(scored):
+        RewardScore.objects.create(
+            sample=sample, reward_model="org/rm", version=2, raw=0.5 + i, normalised=i - 0.5
+        )
+    # Another version's score is not this policy's.
+    RewardScore.objects.create(
+        sample=data.samples[2], reward_model="org/rm", version=1, raw=9.0, normalised=9.0
+    )
+    rebuild_prompt(prompt_id=data.prompts[0].pk, policy=configured_policy())
+    publish()
+    raw = {r["sample_id"]: r for r in load(repo_path(release_dirs), "raw", tmp_path)}
+    assert [
+        (raw[s.pk]["reward_model"], raw[s.pk]["reward"], raw[s.pk]["reward_raw"])
+        for s in data.samples
+    ] == [("org/rm", -0.5, 0.5), ("org/rm", 0.5, 1.5), (None, None, None)]
+    readme = (repo_path(release_dirs) / "README.md").read_text()
+    assert "then reward model `org/rm` v2" in readme
