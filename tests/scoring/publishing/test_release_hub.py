@@ -8,6 +8,7 @@ These tests lift HF_HUB_OFFLINE, for themselves only, through the `hub_server` f
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import tarfile
@@ -79,15 +80,21 @@ def test_publish_to_the_hub_commits_tags_and_loads_back(hub, tmp_path):
         i for i, p in enumerate(paths) if p.startswith(f"/api/datasets/{REPO}/commit/")
     )
 
-    folder = export(git_dir, "v1", tmp_path / "v1")
-    counts = {
-        c: load_dataset(str(folder), c, split="train", cache_dir=str(tmp_path / "c")).num_rows
-        for c in CONFIGS
-    }
+    # Read back from the server by repository id and tag, as a consumer would from the Hub.
+    def load(config):
+        return load_dataset(
+            REPO, config, split="train", revision="v1", cache_dir=str(tmp_path / f"c-{config}")
+        )
+
+    counts = {c: load(c).num_rows for c in CONFIGS}
     assert counts == release.row_counts == {"sft": 6, "preference": 3, "rl": 3, "raw": 9}
-    sft = load_dataset(str(folder), "sft", split="train", cache_dir=str(tmp_path / "c"))
+    sft = load("sft")
     assert [m["role"] for m in sft[0]["messages"]] == ["user", "assistant"]
     assert sft[0]["messages"][1]["content"].startswith("<think>\n")
+    # The tag holds exactly the files the release recorded.
+    folder = export(git_dir, "v1", tmp_path / "v1")
+    for path, sha256 in release.files.items():
+        assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == sha256
 
 
 @pytest.mark.django_db
