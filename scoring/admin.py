@@ -487,8 +487,7 @@ class ReleaseAdmin(admin.ModelAdmin):
 
     @admin.display(description="rows")
     def shown_row_counts(self, obj: Release) -> str:
-        counts = obj.row_counts if isinstance(obj.row_counts, dict) else {}
-        return " · ".join(f"{config} {n:,}" for config, n in counts.items()) or "-"
+        return " · ".join(f"{config} {n:,}" for config, n in obj.ordered_row_counts()) or "-"
 
     @admin.display(description="commit", ordering="commit_id")
     def short_commit(self, obj: Release) -> str:

@@ -514,6 +514,10 @@ class ReleaseState(models.TextChoices):
     FAILED = "failed"
 
 
+# The configs of a release, in the order the card, the admin and the command list them.
+RELEASE_CONFIGS = ("sft", "preference", "rl", "raw")
+
+
 class Release(models.Model):
     """One numbered version of the dataset at one target (scoring/publishing/).
 
@@ -571,6 +575,13 @@ class Release(models.Model):
     @property
     def tag(self) -> str:
         return f"v{self.version}"
+
+    def ordered_row_counts(self) -> list[tuple[str, int]]:
+        """(config, rows) in RELEASE_CONFIGS order (PostgreSQL's jsonb keeps its own key
+        order), then anything else by name."""
+        counts = self.row_counts if isinstance(self.row_counts, dict) else {}
+        rank = {name: i for i, name in enumerate(RELEASE_CONFIGS)}
+        return sorted(counts.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
 
 
 class ReleasedPrompt(models.Model):

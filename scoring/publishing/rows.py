@@ -38,6 +38,7 @@ from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, TextFi
 from django.db.models.functions import Cast, Coalesce
 
 from scoring.models import (
+    RELEASE_CONFIGS,
     PreferencePair,
     Prompt,
     PromptGold,
@@ -61,7 +62,7 @@ from scoring.publishing.chat import (
 from scoring.publishing.fetch import Fetcher, JsonNumber, register_lookups
 from scoring.selection import Policy, chat_messages, settled_q, settled_samples
 
-CONFIGS = ("sft", "preference", "rl", "raw")
+CONFIGS = RELEASE_CONFIGS
 # Prompts read per chunk: a few thousand samples of a few KB each.
 PROMPTS_PER_CHUNK = 512
 

@@ -62,7 +62,7 @@ class Command(BaseCommand):
                 f"{release.repo_id} {release.tag} is {release.state} (another worker is "
                 "publishing it?)."
             )
-        counts = ", ".join(f"{config} {n:,}" for config, n in release.row_counts.items())
+        counts = ", ".join(f"{config} {n:,}" for config, n in release.ordered_row_counts())
         self.stdout.write(
             f"Published {release.repo_id} {release.tag} to {release.location} at "
             f"{release.commit_id[:12]}: {counts}."
