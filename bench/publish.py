@@ -485,24 +485,14 @@ def child_ours(workdir: Path, profile: Path | None) -> dict[str, Any]:
 
 def child_reader() -> dict[str, Any]:
     """RowReader alone, its batches dropped: the reading half of build_release."""
-    from scoring.publishing.rows import RowReader, Scope
-    from scoring.publishing.service import _snapshot, admitted_sets, release_settings
-    from scoring.selection import configured_policy
+    from scoring.publishing.service import reading
 
     release = release_for_bench()
     with RssSampler() as rss:
         t0 = time.perf_counter()
-        with _snapshot():
-            sets, _ = admitted_sets(release_settings()["license"])
-            scope = Scope(
-                version=release.version,
-                target=release.target,
-                repo_id=release.repo_id,
-                policy=configured_policy(),
-                set_ids=tuple(s.pk for s in sets),
-            )
+        with reading(release) as read:
             rows: dict[str, int] = {}
-            for config, batch in RowReader(scope).batches():
+            for config, batch in read.rows.batches():
                 rows[config] = rows.get(config, 0) + batch.num_rows
         wall = time.perf_counter() - t0
     return {
@@ -518,21 +508,11 @@ def raw_rows(release_id: int) -> Any:
     """The raw config's rows as dicts, read as build_release reads them. Everything it needs is
     imported here: `datasets` hashes this function (dill) to name its cache."""
     from scoring.models import Release
-    from scoring.publishing.rows import RowReader, Scope
-    from scoring.publishing.service import _snapshot, admitted_sets, release_settings
-    from scoring.selection import configured_policy
+    from scoring.publishing.service import reading
 
     release = Release.objects.get(pk=release_id)
-    with _snapshot():
-        sets, _ = admitted_sets(release_settings()["license"])
-        scope = Scope(
-            version=release.version,
-            target=release.target,
-            repo_id=release.repo_id,
-            policy=configured_policy(),
-            set_ids=tuple(s.pk for s in sets),
-        )
-        for config, batch in RowReader(scope).batches():
+    with reading(release) as read:
+        for config, batch in read.rows.batches():
             if config == "raw":
                 yield from batch.to_pylist()
 

@@ -79,13 +79,16 @@ def assistant_content(reasoning: pa.Array, response: pa.Array) -> pa.Array:
     return pc.if_else(pc.greater(pc.utf8_length(reasoning), 0), joined, response)
 
 
+def _assistants(n: int) -> pa.Array:
+    return pa.repeat(pa.scalar("assistant", pa.string()), n)
+
+
 def single_turns(contents: pa.Array) -> pa.Array:
     """[{role: assistant, content}] per value."""
     n = len(contents)
-    roles = pa.array(np.full(n, "assistant", dtype=object), pa.string())
     return pa.ListArray.from_arrays(
         pa.array(np.arange(n + 1, dtype=np.int32)),
-        pa.StructArray.from_arrays([roles, contents], fields=list(MESSAGE)),
+        pa.StructArray.from_arrays([_assistants(n), contents], fields=list(MESSAGE)),
     )
 
 
@@ -109,9 +112,7 @@ def conversations(prompts: pa.Array, which: np.ndarray, replies: pa.Array) -> pa
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     take[~is_reply] = starts + within
     take[is_reply] = len(flat) + np.arange(n)
-    roles = pa.concat_arrays(
-        [flat.field("role"), pa.array(np.full(n, "assistant", dtype=object), pa.string())]
-    )
+    roles = pa.concat_arrays([flat.field("role"), _assistants(n)])
     contents = pa.concat_arrays([flat.field("content"), replies.cast(pa.string())])
     indices = pa.array(take)
     return pa.ListArray.from_arrays(

@@ -125,19 +125,17 @@ def _to_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 
 class Fetcher:
-    """Runs querysets (`values_list` in `schema`'s column order) into Arrow tables."""
+    """Runs querysets (`values_list` in `schema`'s column order) into Arrow tables, through
+    Django's cursor."""
 
     adbc = False
-
-    def table(self, queryset: Any, schema: pa.Schema) -> pa.Table:
-        sql, params = queryset.query.sql_with_params()
-        return self._run(sql, list(params), schema)
 
     def by_ids(
         self, key: str, make: Callable[[Ids], Any], ids: Sequence[int], schema: pa.Schema
     ) -> pa.Table:
         """The rows of the queryset `make(ids)` builds; `key` names the kind of query."""
-        return self.table(make(Ids(ids)), schema)
+        sql, params = make(Ids(ids)).query.sql_with_params()
+        return self._run(sql, list(params), schema)
 
     def _run(self, sql: str, params: list[Any], schema: pa.Schema) -> pa.Table:
         with connection.cursor() as cursor:

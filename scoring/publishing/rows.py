@@ -175,15 +175,6 @@ class Stats:
     new_prompts: int = 0
 
 
-@dataclass(frozen=True)
-class _SetInfo:
-    name: str
-    source_url: str
-    license: str
-    domain: str
-    set: PromptSet
-
-
 def open_twin() -> Q:
     """A prompt with a twin still open to collection: the same normalised text in another
     set, or a near-duplicate either way (scoring/dedup.py). Its gold and judged samples would
@@ -256,30 +247,31 @@ class RowReader:
         # The prompts this release publishes first (ReleasedPrompt rows, once it is confirmed):
         # 8 bytes each.
         self.new_prompts: array[int] = array("q")
-        self._sets = {
-            s.pk: _SetInfo(s.name, s.source, s.license, s.domain, s)
-            for s in PromptSet.objects.filter(pk__in=scope.set_ids)
-        }
+        self._sets = {s.pk: s for s in PromptSet.objects.filter(pk__in=scope.set_ids)}
 
     def batches(self) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """Each chunk's rows per config. With the ADBC fetcher the next chunk's queries run in
-        a thread while this one is assembled (the driver lets go of the GIL while the database
-        works and while it decodes)."""
-        chunks = _chunks(self.scope, self.chunk)
+        for chunk, data in self._fetched(_chunks(self.scope, self.chunk)):
+            yield from self._emit(self._assemble(chunk, data))
+
+    def _fetched(
+        self, chunks: Iterator[list[tuple[int, int]]]
+    ) -> Iterator[tuple[list[tuple[int, int]], _ChunkData]]:
+        """Each chunk with its query results. With the ADBC fetcher the next chunk's queries run
+        in a thread while this one is assembled (the driver lets go of the GIL while the
+        database works and while it decodes)."""
         if not self.fetcher.adbc:
             for chunk in chunks:
-                yield from self._emit(self._assemble(chunk, self._fetch(chunk)))
+                yield chunk, self._fetch(chunk)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-fetch") as pool:
-            ahead: Future[_ChunkData] | None = None
-            current: list[tuple[int, int]] | None = None
+            ahead: tuple[list[tuple[int, int]], Future[_ChunkData]] | None = None
             for chunk in chunks:
-                following = pool.submit(self._fetch, chunk)
-                if ahead is not None and current is not None:
-                    yield from self._emit(self._assemble(current, ahead.result()))
-                ahead, current = following, chunk
-            if ahead is not None and current is not None:
-                yield from self._emit(self._assemble(current, ahead.result()))
+                submitted = (chunk, pool.submit(self._fetch, chunk))
+                if ahead is not None:
+                    yield ahead[0], ahead[1].result()
+                ahead = submitted
+            if ahead is not None:
+                yield ahead[0], ahead[1].result()
 
     def _emit(self, tables: dict[str, pa.Table]) -> Iterator[tuple[str, pa.RecordBatch]]:
         for config, table in tables.items():
@@ -412,14 +404,14 @@ class RowReader:
             "prompt_id": pa.array(ids, pa.int64()),
             "source": pa.array([i.name for i in infos], pa.string()),
             "source_id": pa.array([prompt_rows[pk][1] for pk in ids], pa.string()),
-            "source_url": pa.array([i.source_url for i in infos], pa.string()),
+            "source_url": pa.array([i.source for i in infos], pa.string()),
             "license": pa.array([i.license for i in infos], pa.string()),
             "domain": pa.array([i.domain for i in infos], pa.string()),
             "release": pa.array([first for _, first in chunk], pa.int32()),
         }
         prompt_messages = pa.array(
             [
-                chat_messages(info.set.render_messages(json.loads(prompt_rows[pk][2])))
+                chat_messages(info.render_messages(json.loads(prompt_rows[pk][2])))
                 for pk, info in zip(ids, infos, strict=True)
             ],
             MESSAGES,
@@ -436,7 +428,7 @@ class RowReader:
         ppos = samples["ppos"].to_numpy()
         pks = samples["pk"].combine_chunks()
 
-        verdicts = data.verdicts
+        verdicts = _arrays(data.verdicts)
         vpos = pc.index_in(verdicts["sample_id"], value_set=pks).to_numpy(zero_copy_only=False)
         order = pa.array(np.argsort(vpos, kind="stable"))
         voffsets = np.zeros(n + 1, dtype=np.int32)
@@ -445,53 +437,43 @@ class RowReader:
             pa.array(voffsets),
             pa.StructArray.from_arrays(
                 [
-                    verdicts["verifier"].combine_chunks().take(order),
-                    verdicts["version"].combine_chunks().cast(pa.int32()).take(order),
-                    verdicts["status"].combine_chunks().take(order),
-                    verdicts["score"].combine_chunks().take(order),
+                    verdicts["verifier"].take(order),
+                    verdicts["version"].cast(pa.int32()).take(order),
+                    verdicts["status"].take(order),
+                    verdicts["score"].take(order),
                 ],
                 fields=list(VERDICT),
             ),
         )
 
-        rewards = data.rewards
+        rewards = _arrays(data.rewards)
         widx = pc.index_in(pks, value_set=rewards["sample_id"])
-        scored = pc.is_valid(widx)
         reward_model = pc.if_else(
-            scored, pa.scalar(policy.reward_model, pa.string()), pa.scalar(None, pa.string())
+            pc.is_valid(widx),
+            pa.scalar(policy.reward_model, pa.string()),
+            pa.scalar(None, pa.string()),
         )
 
-        contributor_ids = samples["contributor_id"].combine_chunks()
-        unique = pc.unique(contributor_ids)
+        columns = _arrays(samples)
+        unique = pc.unique(columns["contributor_id"])
         names = self.attribution.names(unique.to_pylist())
         contributor = pa.array([names[uid] for uid in unique.to_pylist()], pa.string()).take(
-            pc.index_in(contributor_ids, value_set=unique)
+            pc.index_in(columns["contributor_id"], value_set=unique)
         )
 
-        think, response = split_reasoning(samples["completion"], samples["reasoning"])
-        think = think.combine_chunks() if isinstance(think, pa.ChunkedArray) else think
-        response = response.combine_chunks() if isinstance(response, pa.ChunkedArray) else response
+        think, response = split_reasoning(columns["completion"], columns["reasoning"])
         reply = assistant_content(think, response)
-        status = samples["status"].combine_chunks()
-        verified = pc.equal(status, SampleStatus.VERIFIED.value)
-        duplicate_of = samples["duplicate_of"].combine_chunks()
+        verified = pc.equal(columns["status"], SampleStatus.VERIFIED.value)
+        duplicate_of = columns["duplicate_of"]
         meta = {
+            **{name: columns[name] for name in _SAMPLE_PASSED_ON},
             "sample_id": pks,
-            "model": samples["model"].combine_chunks(),
-            "model_revision": samples["model_revision"].combine_chunks(),
-            "temperature": samples["temperature"].combine_chunks(),
-            "top_p": samples["top_p"].combine_chunks(),
-            "max_tokens": _whole(samples["max_tokens"].combine_chunks()),
-            "sampling": samples["sampling"].combine_chunks(),
-            "finish_reason": samples["finish_reason"].combine_chunks(),
-            "prompt_tokens": samples["prompt_tokens"].combine_chunks(),
-            "completion_tokens": samples["completion_tokens"].combine_chunks(),
-            "status": status,
+            "max_tokens": _whole(columns["max_tokens"]),
             "verified": verified,
             "verdicts": verdict_lists,
             "reward_model": reward_model,
-            "reward": rewards["normalised"].combine_chunks().take(widx),
-            "reward_raw": rewards["raw"].combine_chunks().take(widx),
+            "reward": rewards["normalised"].take(widx),
+            "reward_raw": rewards["raw"].take(widx),
             "contributor": contributor,
         }
         at_prompt = pa.array(ppos)
@@ -621,13 +603,13 @@ class RowReader:
             schema=SCHEMAS["rl"],
         )
 
-        self._count(chunk, infos, samples, verdicts, verified, contributor, rl_rows)
+        self._count(chunk, infos, samples, data.verdicts, verified, contributor, rl_rows)
         return out
 
     def _count(
         self,
         chunk: list[tuple[int, int]],
-        infos: list[_SetInfo],
+        infos: list[PromptSet],
         samples: pa.Table,
         verdicts: pa.Table,
         verified: pa.Array,
@@ -680,6 +662,11 @@ class RowReader:
             stats.contributor_rows[name] += n
 
 
+def _arrays(table: pa.Table) -> dict[str, pa.Array]:
+    """A table's columns, each as one array (compute on them returns arrays, not chunks)."""
+    return {name: table[name].combine_chunks() for name in table.column_names}
+
+
 def _whole(values: pa.Array) -> pa.Array:
     """Whole numbers as int64, anything else null (max_tokens read as a JSON number)."""
     whole = pc.and_(pc.is_finite(values), pc.equal(pc.floor(values), values))
@@ -717,6 +704,18 @@ _SAMPLE_QUERY = _query(
     ("completion_tokens", pa.int64()),
     ("status", pa.string()),
     ("duplicate_of_id", pa.int64()),
+)
+# The sample columns a row carries as they were read.
+_SAMPLE_PASSED_ON = (
+    "model",
+    "model_revision",
+    "temperature",
+    "top_p",
+    "sampling",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "status",
 )
 # Their names in the rows.
 _SAMPLE_COLUMNS = [

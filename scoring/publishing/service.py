@@ -20,6 +20,8 @@ import shutil
 import uuid
 from array import array
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +43,7 @@ from scoring.models import (
 from scoring.publishing import licenses
 from scoring.publishing.attribution import Attribution
 from scoring.publishing.card import CardInput, Source, build_card
-from scoring.publishing.fetch import Fetcher, open_fetcher
+from scoring.publishing.fetch import open_fetcher
 from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats, open_twin
 from scoring.publishing.shards import ShardWriter, background, file_digests
 from scoring.publishing.targets import (
@@ -201,25 +203,17 @@ def build_release(
     if not licenses.is_known_release_license(release_license):
         raise PublishError(f"THINKPOOL_RELEASE_LICENSE {release_license!r} is not a known licence.")
     build = Build(root=root)
-    policy = build.policy = configured_policy()
     # The card says when the release was started, not when this attempt ran: a retry of
     # unchanged data builds the same bytes, and finds its earlier commit already made.
     built_at = release.created_at
     root.mkdir(parents=True, exist_ok=True)
-    with _snapshot() as fetcher:
-        sets, left_out = admitted_sets(release_license)
+    with reading(release, chunk=chunk) as read:
+        scope, sets, left_out, reader = read.scope, read.sets, read.left_out, read.rows
+        policy = build.policy = scope.policy
         for name, reason in left_out:
             message = f"prompt set {name} left out: {reason}"
             logger.warning("release %s v%s: %s", release.repo_id, release.version, message)
             build.warnings.append(message)
-        scope = Scope(
-            version=release.version,
-            target=release.target,
-            repo_id=release.repo_id,
-            policy=policy,
-            set_ids=tuple(s.pk for s in sets),
-        )
-        reader = RowReader(scope, attribution=Attribution(), chunk=chunk, fetcher=fetcher)
         writers = {
             config: ShardWriter(
                 root,
@@ -297,31 +291,45 @@ def build_release(
     return build
 
 
-class _snapshot:
-    """One consistent view of the database for the whole build, so counts, card and rows
-    agree. On PostgreSQL a read-only REPEATABLE READ transaction whose snapshot is exported, so
-    the Arrow fetcher's own connection reads the same data (fetch.py). Inside a caller's
-    transaction (tests) it reads in that one, through Django's cursor: another connection would
-    not see its uncommitted rows."""
+@dataclass
+class Reading:
+    """What a release reads: its scope (the admitted sets, the policy) and the rows of it."""
 
-    def __enter__(self) -> Fetcher:
-        self._atomic = transaction.atomic()
-        outer = connection.in_atomic_block
-        self._atomic.__enter__()
+    scope: Scope
+    sets: list[PromptSet]
+    left_out: list[tuple[str, str]]  # (set, reason) for sets with closed prompts kept out
+    rows: RowReader
+
+
+@contextmanager
+def reading(release: Release, *, chunk: int = 0) -> Iterator[Reading]:
+    """The release's rows and everything counted beside them, from one consistent view of the
+    database, so counts, card and rows agree. On PostgreSQL a read-only REPEATABLE READ
+    transaction whose snapshot is exported, so the Arrow fetcher's own connection reads the same
+    data (fetch.py). Inside a caller's transaction (tests) it reads in that one, through
+    Django's cursor: another connection would not see its uncommitted rows."""
+    outer = connection.in_atomic_block
+    with transaction.atomic():
         snapshot = None
         if connection.vendor == "postgresql" and not outer:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cursor.execute("SELECT pg_export_snapshot()")
                 (snapshot,) = cursor.fetchone()
-        self._fetcher = open_fetcher(snapshot)
-        return self._fetcher
-
-    def __exit__(self, *exc: Any) -> None:
+        fetcher = open_fetcher(snapshot)
         try:
-            self._fetcher.close()
+            sets, left_out = admitted_sets(release_settings()["license"])
+            scope = Scope(
+                version=release.version,
+                target=release.target,
+                repo_id=release.repo_id,
+                policy=configured_policy(),
+                set_ids=tuple(s.pk for s in sets),
+            )
+            rows = RowReader(scope, attribution=Attribution(), chunk=chunk, fetcher=fetcher)
+            yield Reading(scope, sets, left_out, rows)
         finally:
-            self._atomic.__exit__(*exc)
+            fetcher.close()
 
 
 # --------------------------------------------------------------------------- publishing

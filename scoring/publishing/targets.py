@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import GitRefs
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +302,7 @@ class HubTarget:
             ),
         )
 
-    def _refs(self):  # type: ignore[no-untyped-def]
+    def _refs(self) -> GitRefs:
         return self._call(
             "list_repo_refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type="dataset")
         )
