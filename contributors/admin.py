@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -36,7 +37,22 @@ class ProfileAdmin(admin.ModelAdmin):
     search_fields = ["handle", "user__username", "hf_username"]
 
     def save_model(self, request: HttpRequest, obj: Profile, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            if change and form.changed_data:
+                from scoring import audit
+
+                audit.record(
+                    actor=request.user,
+                    action="profile.ban"
+                    if "banned" in form.changed_data and obj.banned
+                    else "profile.unban"
+                    if "banned" in form.changed_data
+                    else "profile.change",
+                    model=Profile,
+                    ids=[obj.pk],
+                    details={"changed": sorted(form.changed_data)},
+                )
         if change and "banned" in form.changed_data:
             # A banned contributor's samples leave every selection (and come back if lifted).
             from scoring.models import Sample
@@ -65,8 +81,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        for token in queryset:
-            services.revoke_token(token=token)
+        from scoring import audit
+
+        with transaction.atomic():
+            tokens = list(queryset)
+            for token in tokens:
+                services.revoke_token(token=token)
+            audit.record(
+                actor=request.user,
+                action="token.revoke",
+                model=ApiToken,
+                ids=[t.pk for t in tokens],
+            )
         self.message_user(request, "Tokens revoked.", messages.SUCCESS)
 
 

@@ -17,7 +17,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from scoring import audit
 from scoring.models import (
+    AuditEntry,
     PreferencePair,
     Prompt,
     PromptGold,
@@ -109,7 +111,15 @@ class PromptSetAdmin(admin.ModelAdmin):
         from scoring.services import retire_prompt_set
 
         sets = list(queryset)
-        closed = sum(retire_prompt_set(prompt_set=ps) for ps in sets)
+        with transaction.atomic():
+            closed = sum(retire_prompt_set(prompt_set=ps) for ps in sets)
+            audit.record(
+                actor=request.user,
+                action="promptset.retire",
+                model=PromptSet,
+                ids=[ps.pk for ps in sets],
+                details={"prompts_closed": closed},
+            )
         self.message_user(
             request,
             f"{len(sets)} sets retired (inactive); {closed} prompts closed to collection "
@@ -156,7 +166,16 @@ class PromptAdmin(admin.ModelAdmin):
     def close_to_collection(self, request: HttpRequest, queryset: QuerySet[Prompt]) -> None:
         from scoring.services import close_prompts
 
-        closed = close_prompts(prompt_ids=list(queryset.values_list("pk", flat=True)))
+        ids = list(queryset.values_list("pk", flat=True))
+        with transaction.atomic():
+            closed = close_prompts(prompt_ids=ids)
+            audit.record(
+                actor=request.user,
+                action="prompt.close",
+                model=Prompt,
+                ids=ids,
+                details={"prompts_closed": closed},
+            )
         self.message_user(
             request,
             f"{closed} prompts closed to collection (copies of the same text in other sets "
@@ -168,6 +187,11 @@ class PromptAdmin(admin.ModelAdmin):
 class VerdictInline(admin.TabularInline):
     model = Verdict
     extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
     readonly_fields = [
         "verifier",
         "version",
@@ -236,8 +260,9 @@ class SampleAdmin(admin.ModelAdmin):
     search_fields = ["=client_id", "model", "contributor__username"]
     list_select_related = ["contributor"]
     raw_id_fields = ["prompt", "contributor"]
-    # Written by the scoring claim only (scoring/pipeline.py): an edit by hand would break it.
-    readonly_fields = ["attempts", "claim_key", "next_attempt_at", "status_changed_at"]
+    # A sample is evidence: nothing of it is edited by hand. It changes only through the
+    # actions below, each kept in the audit trail with who and why.
+    readonly_fields = [f.name for f in Sample._meta.concrete_fields if not f.primary_key]
     inlines = [VerdictInline]
     actions = ["quarantine", "release_from_quarantine", "score_again"]
 
@@ -255,7 +280,10 @@ class SampleAdmin(admin.ModelAdmin):
         from scoring.tasks import schedule_rebuilds
 
         prompt_ids = list(queryset.values_list("prompt_id", flat=True).distinct())
-        n = queryset.update(quarantined=True)
+        with transaction.atomic():
+            ids = list(queryset.filter(quarantined=False).values_list("pk", flat=True))
+            n = Sample.objects.filter(pk__in=ids).update(quarantined=True)
+            audit.record(actor=request.user, action="sample.quarantine", model=Sample, ids=ids)
         schedule_rebuilds(prompt_ids)  # a quarantined sample leaves every selection
         self.message_user(request, f"{n} samples quarantined.")
 
@@ -265,10 +293,12 @@ class SampleAdmin(admin.ModelAdmin):
         from scoring.tasks import queue_scoring
 
         # A maintainer's fresh start: its attempts start over (the public counters move with it).
-        ids = requeue(
-            sample_ids=list(queryset.filter(quarantined=True).values_list("pk", flat=True)),
-            release=True,
-        )
+        with transaction.atomic():
+            ids = requeue(
+                sample_ids=list(queryset.filter(quarantined=True).values_list("pk", flat=True)),
+                release=True,
+            )
+            audit.record(actor=request.user, action="sample.release", model=Sample, ids=ids)
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples released and queued for scoring.")
 
@@ -278,19 +308,14 @@ class SampleAdmin(admin.ModelAdmin):
         from scoring.tasks import queue_scoring
 
         # Only samples still `error`: one a task claimed meanwhile is left to it.
-        ids = requeue(
-            sample_ids=list(queryset.values_list("pk", flat=True)),
-            only_status=SampleStatus.ERROR,
-        )
+        with transaction.atomic():
+            ids = requeue(
+                sample_ids=list(queryset.values_list("pk", flat=True)),
+                only_status=SampleStatus.ERROR,
+            )
+            audit.record(actor=request.user, action="sample.rescore", model=Sample, ids=ids)
         queue_scoring(ids)
         self.message_user(request, f"{len(ids)} samples queued for scoring again.")
-
-
-@admin.register(Verdict)
-class VerdictAdmin(admin.ModelAdmin):
-    list_display = ["sample", "verifier", "version", "status", "score", "duration_ms", "created_at"]
-    list_filter = ["verifier", "status", "version"]
-    raw_id_fields = ["sample"]
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -615,3 +640,24 @@ class ReleasedPromptAdmin(_ReadOnly):
     list_select_related = ["prompt__prompt_set"]
     raw_id_fields = ["prompt"]
     show_full_result_count = False
+
+
+@admin.register(Verdict)
+class VerdictAdmin(_ReadOnly):
+    """Verdicts are evidence: written by the verifiers only, never added or edited by hand."""
+
+    list_display = ["sample", "verifier", "version", "status", "score", "duration_ms", "created_at"]
+    list_filter = ["verifier", "status", "version"]
+    raw_id_fields = ["sample"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(_ReadOnly):
+    list_display = ["at", "actor", "action", "target_type", "target_count", "reason"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["action", "reason", "actor__username"]
+    list_select_related = ["actor"]
+
+    @admin.display(description="records")
+    def target_count(self, obj: AuditEntry) -> int:
+        return len(obj.target_ids) if isinstance(obj.target_ids, list) else 0

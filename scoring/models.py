@@ -603,3 +603,26 @@ class ReleasedPrompt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repo_id} v{self.version}: prompt {self.prompt_id}"
+
+
+class AuditEntry(models.Model):
+    """One maintainer decision: who, when, what, on which records and why (scoring/audit.py).
+    Written by the action that decides, in its transaction; never edited or deleted."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=64, db_index=True)
+    # The records it acted on: "app_label.model" and their ids (a bulk action's can be many).
+    target_type = models.CharField(max_length=64)
+    target_ids = models.JSONField(default=list)
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit trail"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.action} ({len(self.target_ids)})"
