@@ -6,8 +6,8 @@
 #                                 releases to a local folder (both optional)
 #   scripts/system-deps.sh test   make test: venv, PostgreSQL and Redis for the second pass
 #                                 (unless PG_TEST_URL / REDIS_TEST_URL name running ones), git
-#                                 (the release tests), and bubblewrap (optional: without it the
-#                                 sandbox tests skip)
+#                                 (the release tests), chromium (the browser tests), and
+#                                 bubblewrap (optional: without it the sandbox tests skip)
 #   scripts/system-deps.sh ci     .ci/run: everything above, plus make, always
 #
 # As root with apt-get (these machines, CI, a container) the missing packages are installed.
@@ -42,6 +42,7 @@ test)
             required+=(redis-server)
     fi
     command -v git >/dev/null || required+=(git)
+    command -v chromium >/dev/null || required+=(chromium)
     command -v bwrap >/dev/null || optional+=(bubblewrap)
     ;;
 ci)
@@ -52,6 +53,7 @@ ci)
     command -v redis-server >/dev/null || required+=(redis-server)
     command -v bwrap >/dev/null || required+=(bubblewrap)
     command -v git >/dev/null || required+=(git)
+    command -v chromium >/dev/null || required+=(chromium)
     ;;
 *)
     echo "usage: $0 venv|run|test|ci" >&2

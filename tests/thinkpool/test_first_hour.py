@@ -300,8 +300,8 @@ def test_make_test_without_root_stops_at_once_with_the_one_command(deps_sandbox)
 
     assert result.returncode == 2
     assert (
-        "Missing system packages for make test: redis-server git bubblewrap. Install them "
-        "with:\n\n    sudo apt-get install -y redis-server git bubblewrap\n"
+        "Missing system packages for make test: redis-server git chromium bubblewrap. Install "
+        "them with:\n\n    sudo apt-get install -y redis-server git chromium bubblewrap\n"
     ) in result.stderr
     assert not log.exists()
 
@@ -314,7 +314,8 @@ def test_make_test_as_root_installs_what_is_missing(deps_sandbox):
     assert result.returncode == 0, result.stderr
     assert log.read_text().splitlines() == [
         "noninteractive update -qq",
-        "noninteractive install -y -qq --no-install-recommends redis-server git bubblewrap",
+        "noninteractive install -y -qq --no-install-recommends redis-server git chromium "
+        "bubblewrap",
     ]
 
 
@@ -330,7 +331,7 @@ def test_make_run_without_bubblewrap_goes_on_and_says_how_to_get_it(deps_sandbox
 
 def test_nothing_missing_installs_nothing(deps_sandbox):
     repo, bin_dir, log = deps_sandbox
-    for name in ("redis-server", "redis-cli", "bwrap", "git"):
+    for name in ("redis-server", "redis-cli", "bwrap", "git", "chromium"):
         fake_command(bin_dir, name, "exit 0")
 
     result = system_deps(repo, bin_dir, 0, "test")
