@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from functools import partial
 from pathlib import PurePath
@@ -10,7 +11,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import Exists, OuterRef, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -34,6 +35,7 @@ from scoring.models import (
     SampleStatus,
     Selection,
     Verdict,
+    VerdictStatus,
 )
 from scoring.pipeline import POISON_PREFIX
 
@@ -203,6 +205,31 @@ class VerdictInline(admin.TabularInline):
     ]
 
 
+class VerifierResultFilter(admin.SimpleListFilter):
+    """Samples with a verdict of one verifier and result (of any of its versions)."""
+
+    title = "verifier result"
+    parameter_name = "verdict"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from scoring.verifiers import REGISTRY
+
+        return [
+            (f"{name}:{status}", f"{name}: {status}")
+            for name in sorted(REGISTRY)
+            for status in (VerdictStatus.PASS, VerdictStatus.FAIL, VerdictStatus.ERROR)
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Sample]) -> QuerySet[Sample]:
+        value = self.value()
+        if not value or ":" not in value:
+            return queryset
+        verifier, _, status = value.partition(":")
+        return queryset.filter(
+            Exists(Verdict.objects.filter(sample=OuterRef("pk"), verifier=verifier, status=status))
+        )
+
+
 class ScoringTroubleFilter(admin.SimpleListFilter):
     """Samples whose scoring went wrong: poison (crashed or timed out its task every attempt),
     a transient error waiting for its next try, or judged more than once."""
@@ -251,18 +278,33 @@ class SampleAdmin(admin.ModelAdmin):
     ]
     list_filter = [
         "status",
+        VerifierResultFilter,
         ScoringTroubleFilter,
         "quarantined",
         "counted",
+        "prompt__prompt_set__domain",
+        "prompt__prompt_set",
         "finish_reason",
         "model",
+        "received_at",
     ]
-    search_fields = ["=client_id", "model", "contributor__username"]
+    date_hierarchy = "received_at"
+    # Exact matches, so a search never scans completions: the prompt's id, the sample's
+    # client id, the contributor's name, a model id.
+    search_fields = ["=prompt__id", "=client_id", "model", "=contributor__username"]
     list_select_related = ["contributor"]
     raw_id_fields = ["prompt", "contributor"]
     # A sample is evidence: nothing of it is edited by hand. It changes only through the
     # actions below, each kept in the audit trail with who and why.
-    readonly_fields = [f.name for f in Sample._meta.concrete_fields if not f.primary_key]
+    readonly_fields = [
+        "shown_prompt",
+        "shown_reasoning",
+        "shown_response",
+        "shown_gold",
+        "shown_rewards",
+        "shown_selections",
+        *(f.name for f in Sample._meta.concrete_fields if not f.primary_key),
+    ]
     inlines = [VerdictInline]
     actions = ["quarantine", "release_from_quarantine", "score_again"]
 
@@ -274,6 +316,63 @@ class SampleAdmin(admin.ModelAdmin):
     @admin.display(description="reason", ordering="status_reason")
     def short_reason(self, obj: Sample) -> str:
         return obj.status_reason[:80]
+
+    # The sample page: what was asked, what came back, how it was judged and ranked. All of
+    # it is untrusted text, shown escaped (format_html). Gold is shown: the admin is staff only.
+
+    @admin.display(description="prompt (as the model was sent it)")
+    def shown_prompt(self, obj: Sample) -> str:
+        messages = obj.prompt.prompt_set.render_messages(obj.prompt.messages)
+        return format_html_join(
+            "",
+            "<p><strong>{}</strong></p><pre style='white-space: pre-wrap'>{}</pre>",
+            ((str(m.get("role", "")), str(m.get("content", ""))) for m in messages),
+        )
+
+    def _split(self, obj: Sample) -> tuple[str, str]:
+        from scoring.selection import reasoning_and_response
+
+        return reasoning_and_response(obj.completion, obj.reasoning)
+
+    @admin.display(description="reasoning")
+    def shown_reasoning(self, obj: Sample) -> str:
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", self._split(obj)[0])
+
+    @admin.display(description="answer")
+    def shown_response(self, obj: Sample) -> str:
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", self._split(obj)[1])
+
+    @admin.display(description="gold (staff only)")
+    def shown_gold(self, obj: Sample) -> str:
+        gold = PromptGold.objects.filter(prompt_id=obj.prompt_id).first()
+        if gold is None:
+            return "-"
+        tests = "" if gold.tests is None else json.dumps(gold.tests, indent=1)[:20000]
+        return format_html("<pre style='white-space: pre-wrap'>{}\n{}</pre>", gold.answer, tests)
+
+    @admin.display(description="reward scores")
+    def shown_rewards(self, obj: Sample) -> str:
+        rows = obj.rewards.order_by("reward_model", "version")
+        return (
+            format_html_join(
+                "",
+                "<p>{} v{}: raw {}, normalised {}</p>",
+                ((r.reward_model, r.version, r.raw, r.normalised) for r in rows),
+            )
+            or "-"
+        )
+
+    @admin.display(description="selections")
+    def shown_selections(self, obj: Sample) -> str:
+        rows = obj.selections.order_by("kind", "policy")
+        return (
+            format_html_join(
+                "",
+                "<p>{} under {} v{}, rank {}</p>",
+                ((s.kind, s.policy, s.policy_version, s.rank) for s in rows),
+            )
+            or "-"
+        )
 
     @admin.action(description="Quarantine (hold from releases)")
     def quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:

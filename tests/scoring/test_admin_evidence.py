@@ -14,12 +14,12 @@ pytestmark = pytest.mark.django_db
 
 def make_sample(**fields) -> Sample:
     fields.setdefault("status", SampleStatus.REJECTED)
+    fields.setdefault("completion", "The answer is 3.")
     return Sample.objects.create(
         prompt=PromptFactory(),
         contributor=UserFactory(),
         model="org/model-a",
         temperature=0.6,
-        completion="The answer is 3.",
         finish_reason="stop",
         **fields,
     )
@@ -141,3 +141,47 @@ def test_the_audit_trail_is_read_only(admin_client, admin_user):
         == 403
     )
     assert AuditEntry.objects.count() == 1
+
+
+def test_samples_filter_by_verifier_result_and_search_by_prompt_id(admin_client):
+    passed = make_sample(status=SampleStatus.VERIFIED)
+    failed = make_sample()
+    Verdict.objects.create(sample=passed, verifier="math", version=3, status="pass")
+    Verdict.objects.create(sample=failed, verifier="math", version=3, status="fail")
+
+    def listed(query: str) -> set[int]:
+        page = admin_client.get(f"/admin/scoring/sample/?{query}").content.decode()
+        return {s.pk for s in (passed, failed) if f'value="{s.pk}"' in page}
+
+    assert listed("verdict=math:fail") == {failed.pk}
+    assert listed("verdict=math:pass") == {passed.pk}
+    assert listed(f"q={passed.prompt_id}") == {passed.pk}
+    assert listed("prompt__prompt_set__domain=math") == {passed.pk, failed.pk}
+
+
+def test_the_sample_page_shows_prompt_reasoning_answer_gold_and_ranking_escaped(admin_client):
+    from scoring.models import RewardScore, Selection
+
+    sample = make_sample(
+        status=SampleStatus.VERIFIED,
+        completion="<think>step <img src=x onerror=alert(1)></think> <script>alert(2)</script> 4",
+    )
+    RewardScore.objects.create(
+        sample=sample, reward_model="org/rm", version=1, raw=0.5, normalised=1.0
+    )
+    Selection.objects.create(
+        kind="sft",
+        prompt=sample.prompt,
+        model=sample.model,
+        sample=sample,
+        rank=0,
+        policy="r1-rejection",
+        policy_version=1,
+    )
+    page = admin_client.get(f"/admin/scoring/sample/{sample.pk}/change/").content.decode()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "&lt;script&gt;alert(2)&lt;/script&gt; 4" in page
+    assert "<script>alert(2)" not in page and "<img src=x" not in page
+    assert "SECRET-GOLD-42" in page  # staff see the gold here
+    assert "org/rm v1: raw 0.5, normalised 1.0" in page
+    assert "sft under r1-rejection v1, rank 0" in page
