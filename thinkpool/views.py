@@ -7,6 +7,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -14,6 +16,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from contributors.selectors import public_stats
+from thinkpool.selectors import queue_health as read_queue_health
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +99,11 @@ def server_error(request: HttpRequest) -> HttpResponse:
             status=500,
         )
     return HttpResponse("Server error", status=500, content_type="text/plain")
+
+
+@staff_member_required
+@never_cache
+def queue_health(request: HttpRequest) -> HttpResponse:
+    """Staff only: what waits, what fails, what is stuck (thinkpool.selectors.queue_health)."""
+    context = {**admin.site.each_context(request), "health": read_queue_health()}
+    return render(request, "admin/queue_health.html", context)
