@@ -243,11 +243,12 @@ class BountyAdmin(admin.ModelAdmin):
     list_display = [
         "title",
         "prompt_set",
-        "model_pattern",
-        "reward_credits",
-        "is_active",
-        "opens_at",
-        "closes_at",
+        "kind",
+        "status",
+        "progress",
+        "target_verified",
+        "reward_points",
+        "deadline",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["kind", "status"]
     search_fields = ["title", "description"]

@@ -353,20 +353,239 @@ class KnownModel(models.Model):
         return f"{self.model_id} ({self.status})"
 
 
+class BountyKind(models.TextChoices):
+    DATA = "data", "data: reach a number of verified samples"
+    ENGINEERING = "engineering", "engineering: a piece of work judged by maintainers"
+
+
+class BountyStatus(models.TextChoices):
+    OPEN = "open"
+    IN_PROGRESS = "in_progress", "in progress"
+    COMPLETED = "completed"
+    AWARDED = "awarded"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+# Statuses a bounty can still move out of by work (progress, completion, expiry).
+BOUNTY_LIVE = (BountyStatus.OPEN, BountyStatus.IN_PROGRESS)
+
+
 class Bounty(models.Model):
-    """A call for compute: e.g. 'cover set X with model family Y'."""
+    """A call for work. `data`: reach `target_verified` verified samples of a prompt set or a
+    domain (optionally of models matching `model_pattern`, of prompts in `language`); progress
+    is counted by contributors.services.bounties from disclosed verdicts, never typed in.
+    `engineering`: a piece of work a maintainer judges, completed with a link to it.
+
+    Status moves only forward: open -> in_progress -> completed -> awarded, or to expired /
+    cancelled from open or in progress; each move is one conditional UPDATE (services)."""
 
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    prompt_set = models.ForeignKey(PromptSet, on_delete=models.SET_NULL, null=True, blank=True)
-    model_pattern = models.CharField(max_length=200, blank=True)
-    reward_credits = models.PositiveIntegerField(default=0)
-    opens_at = models.DateTimeField(default=timezone.now)
-    closes_at = models.DateTimeField(null=True, blank=True)
-    is_active = models.BooleanField(default=True)
+    kind = models.CharField(max_length=16, choices=BountyKind.choices, default=BountyKind.DATA)
+    status = models.CharField(
+        max_length=16, choices=BountyStatus.choices, default=BountyStatus.OPEN, db_index=True
+    )
+    # --- the target of a data bounty: a set, or a domain ---
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.PROTECT, null=True, blank=True)
+    domain = models.CharField(max_length=16, blank=True)
+    model_pattern = models.CharField(
+        max_length=200, blank=True, help_text='fnmatch pattern of model ids ("Qwen/*"). Empty: any.'
+    )
+    language = models.CharField(
+        max_length=16, blank=True, help_text="Language of the prompts (set's language). Empty: any."
+    )
+    target_verified = models.PositiveIntegerField(
+        default=0, help_text="Verified samples to reach (data bounties)."
+    )
+    # --- the reward ---
+    reward_points = models.PositiveIntegerField(default=0)
+    sponsor_prize = models.CharField(max_length=200, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+    # --- what happened ---
+    progress = models.PositiveIntegerField(
+        default=0, help_text="Verified samples counted toward the target (kept by a task)."
+    )
+    work_url = models.URLField(max_length=500, blank=True, help_text="Engineering: the work.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    awarded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "bounties"
+        ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
         return self.title
+
+    def clean(self) -> None:
+        # Not a database constraint: bounties made before kinds existed have no target.
+        from django.core.exceptions import ValidationError
+
+        if self.kind == BountyKind.DATA:
+            if not self.target_verified:
+                raise ValidationError({"target_verified": "A data bounty needs a target."})
+            if not self.prompt_set_id and not self.domain:
+                raise ValidationError("A data bounty targets a prompt set or a domain.")
+
+    @property
+    def percent(self) -> int:
+        if not self.target_verified:
+            return 100 if self.status in (BountyStatus.COMPLETED, BountyStatus.AWARDED) else 0
+        return min(100, self.progress * 100 // self.target_verified)
+
+
+class ClaimStatus(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class BountyClaim(models.Model):
+    """A contributor's claim on a bounty. For an engineering bounty a maintainer approves it
+    and sets its `share`; for a data bounty the award writes each contributor's share from
+    their verified samples toward the target."""
+
+    bounty = models.ForeignKey(Bounty, on_delete=models.CASCADE, related_name="claims")
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="bounty_claims"
+    )
+    status = models.CharField(
+        max_length=16, choices=ClaimStatus.choices, default=ClaimStatus.PENDING
+    )
+    share = models.FloatField(null=True, blank=True, help_text="Fraction of the points, 0..1.")
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["bounty", "contributor"], name="claim_unique"),
+            models.CheckConstraint(
+                condition=Q(share__isnull=True) | (Q(share__gte=0) & Q(share__lte=1)),
+                name="claim_share_fraction",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contributor} on {self.bounty_id} ({self.status})"
+
+
+class BountyContribution(models.Model):
+    """A contributor's verified samples counted toward a data bounty (kept with `progress`)."""
+
+    bounty = models.ForeignKey(Bounty, on_delete=models.CASCADE, related_name="contributions")
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    verified = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["bounty", "contributor"], name="contribution_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contributor}: {self.verified} toward {self.bounty_id}"
+
+
+# --- credit ---------------------------------------------------------------------------------
+
+
+class PromptCredit(models.Model):
+    """A contributor's credit for one prompt, as last settled (contributors.services.credit):
+    their verified samples of it (disclosed ones only) and the points those earn. Settling
+    compares with this row and writes the difference to the ledger."""
+
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="+")
+    verified = models.PositiveIntegerField(default=0)
+    points = models.FloatField(default=0.0)
+    settled_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "contributor"], name="promptcredit_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contributor} / prompt {self.prompt_id}: {self.points}"
+
+
+class CreditKind(models.TextChoices):
+    SAMPLES = "samples"
+    BOUNTY = "bounty"
+
+
+class CreditEntry(models.Model):
+    """The credit ledger: every change of a contributor's credit, with when and why. A
+    contributor's credit over a period is the sum of their entries in it."""
+
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_entries"
+    )
+    kind = models.CharField(max_length=16, choices=CreditKind.choices)
+    points = models.FloatField()
+    verified = models.IntegerField(default=0, help_text="Change in verified samples credited.")
+    prompt = models.ForeignKey(
+        Prompt, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    bounty = models.ForeignKey(
+        Bounty, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "credit entries"
+        indexes = [
+            models.Index(fields=["contributor", "at"], name="credit_contributor_at"),
+            models.Index(fields=["at"], name="credit_at"),
+        ]
+        constraints = [
+            # A bounty pays each contributor once.
+            models.UniqueConstraint(
+                fields=["bounty", "contributor"],
+                condition=Q(kind="bounty"),
+                name="credit_bounty_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contributor} {self.points:+.2f} ({self.kind})"
+
+
+class Period(models.TextChoices):
+    WEEK = "week"
+    MONTH = "month"
+    ALL = "all", "all time"
+
+
+class LeaderboardRow(models.Model):
+    """The leaderboard as last computed (contributors.tasks.refresh_leaderboard, every minute):
+    pages read these few rows, never the ledger."""
+
+    period = models.CharField(max_length=8, choices=Period.choices)
+    rank = models.PositiveIntegerField()
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    handle = models.CharField(max_length=64)
+    points = models.FloatField()
+    verified = models.IntegerField()
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["period", "rank"], name="leaderboard_unique_rank"),
+            models.UniqueConstraint(
+                fields=["period", "contributor"], name="leaderboard_unique_contributor"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period} #{self.rank}: {self.handle}"

@@ -289,6 +289,13 @@ class Sample(models.Model):
     )
     # A transient verifier error is judged again, with back-off, from this time on.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A maintainer's decision (approve: verified, reject: rejected) that overrides the
+    # verifiers: scoring again keeps it (scoring.pipeline). Who and why: the audit trail.
+    override = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=[(SampleStatus.VERIFIED, "approved"), (SampleStatus.REJECTED, "rejected")],
+    )
 
     class Meta:
         indexes = [
@@ -420,6 +427,36 @@ class PromptModelStats(models.Model):
     def difficulty(self) -> float | None:
         rate = self.pass_rate
         return None if rate is None else 1.0 - rate
+
+
+class SetProgress(models.Model):
+    """Progress of a prompt set per (model, temperature), kept as work happens
+    (scoring/progress.py) so that no page counts samples. `submitted`: samples stored, any
+    status. `verified` / `rejected`: samples of *closed* prompts only, by their status now:
+    per-status numbers over open prompts would tell a lone contributor whether their guess was
+    right (scoring.disclosure). Sharded like Counter: concurrent uploads of one cell do not
+    queue on one row lock; a read sums the shards."""
+
+    prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="progress")
+    model = models.CharField(max_length=200)
+    temperature = models.FloatField()
+    shard = models.PositiveSmallIntegerField(default=0)
+    # Signed: they move by deltas (see PromptModelStats); `check_ledger --repair` recomputes.
+    submitted = models.BigIntegerField(default=0)
+    verified = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "set progress"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt_set", "model", "temperature", "shard"],
+                name="setprogress_unique_cell",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_set_id} / {self.model} @ {self.temperature}"
 
 
 class SelectionKind(models.TextChoices):

@@ -5,7 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from thinkpool import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", include("thinkpool.web.dataset")),
+    path("", include("thinkpool.web.account")),
+    path("bounties/", include("thinkpool.web.bounties")),
+    path("leaderboard/", include("thinkpool.web.leaderboard")),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("admin/queue-health/", views.queue_health, name="queue-health"),

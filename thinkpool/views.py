@@ -15,7 +15,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
-from contributors.selectors import public_stats
 from thinkpool.selectors import queue_health as read_queue_health
 
 logger = logging.getLogger(__name__)
@@ -23,10 +22,6 @@ logger = logging.getLogger(__name__)
 # Each dependency of /readyz answers within this, or counts as down. The database's own bound is
 # its connect timeout (THINKPOOL_DB_CONNECT_TIMEOUT_S); the cache's, its socket timeouts.
 BROKER_TIMEOUT_S = 2
-
-
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "thinkpool/home.html", {"stats": public_stats()})
 
 
 @never_cache

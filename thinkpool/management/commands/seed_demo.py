@@ -79,8 +79,8 @@ class Command(BaseCommand):
             defaults={
                 "description": "4 samples per prompt at temperature 0.6 from any open model.",
                 "prompt_set": prompt_set,
-                "model_pattern": "*",
-                "reward_credits": 1000,
+                "target_verified": 4 * max(opts["prompts"], 1),
+                "reward_points": 1000,
             },
         )
         self.stdout.write(
