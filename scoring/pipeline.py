@@ -47,6 +47,7 @@ from django.utils import timezone
 
 from scoring import counters, stats
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
+from scoring.signals import disclosed_changed
 from scoring.verifiers.base import Candidate, Gold, Outcome, Status
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
             deltas[counters.closed_samples(old)] = deltas.get(counters.closed_samples(old), 0) - 1
             deltas[counters.closed_samples(new)] = deltas.get(counters.closed_samples(new), 0) + 1
     counters.add(deltas)
+    if closed:
+        disclosed_changed.send(sender=Sample, prompt_ids=sorted({keys[pk][0] for pk in closed}))
 
 
 def candidate_for(sample: Sample) -> Candidate:

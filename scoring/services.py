@@ -25,7 +25,7 @@ from scoring.grader import free_names
 from scoring.models import Domain, Prompt, PromptGold, PromptSet, Sample
 from scoring.prompt_io import RawRow
 from scoring.sandbox import SandboxUnavailable, check_available
-from scoring.signals import prompts_closed
+from scoring.signals import disclosed_changed, prompts_closed
 
 ROLES = {"system", "user", "assistant"}
 DOMAINS_WITH_ANSWER = {Domain.MATH, Domain.MCQ, Domain.STRING}
@@ -833,6 +833,8 @@ def _close(prompts: QuerySet[Prompt], at: datetime | None, twins: bool) -> int:
     closed = prompts.update(closed_at=at or timezone.now())
     _count_closed_samples(ids)
     prompts_closed.send(sender=Prompt, prompt_ids=ids)
+    if ids:
+        disclosed_changed.send(sender=Prompt, prompt_ids=ids)
     return closed
 
 

@@ -76,3 +76,28 @@ def screenshot(page: Any, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+PASSWORD = "correct horse battery staple 42"
+
+
+def log_in(page: Any, live_server: Any, username: str, password: str = PASSWORD) -> None:
+    """Logs `username` in through the site's login form (the real flow, not a cookie)."""
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+
+
+def assert_accessible(page: Any, name: str) -> None:
+    """Saves a screenshot of the page as `name` and asserts axe finds no serious or critical
+    violation (and none at phone width either)."""
+    screenshot(page, name)
+    problems = accessibility_problems(page)
+    assert problems == [], problems
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, f"{name}-phone")
+    problems = accessibility_problems(page)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    assert problems == [], problems
