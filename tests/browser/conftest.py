@@ -55,8 +55,18 @@ def browser() -> Iterator[Any]:
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    # Every page must run under the Content-Security-Policy: a refused inline script or style
+    # is a bug in the page, whichever test meets it.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text)
+        if "Content Security Policy" in message.text
+        else None,
+    )
     yield page
     context.close()
+    assert refused == [], refused
 
 
 def accessibility_problems(page: Any) -> list[str]:
