@@ -14,3 +14,10 @@ class ContributorsConfig(AppConfig):
 
         # Releases credit contributors by the choice kept here; scoring cannot import it.
         attribution.register(public_handles)
+
+        # The disclosed_changed receivers of bounties (a recount of the data bounties it
+        # touches) and of credit (below).
+        import contributors.services.bounties  # noqa: F401
+
+        # Credit's disclosed_changed receiver: settles prompts whose disclosed verdicts changed.
+        from contributors.services import credit  # noqa: F401

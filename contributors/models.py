@@ -62,6 +62,13 @@ class Profile(models.Model):
     # kept as work happens instead of a DISTINCT over every sample.
     first_sample_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        # Handles name people on pages and in releases: `Alice` is not a second `alice`, even
+        # when two sign-ups race past the form's check.
+        constraints = [
+            models.UniqueConstraint(Lower("handle"), name="profile_unique_lower_handle"),
+        ]
+
     def __str__(self) -> str:
         return self.handle
 

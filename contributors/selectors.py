@@ -20,6 +20,107 @@ from scoring.models import Prompt, PromptModelStats, PromptSet, Sample, SampleSt
 logger = logging.getLogger(__name__)
 
 
+# --- Credit and the leaderboard (contributors.services.credit; thinkpool/web/leaderboard.py) --
+
+HISTORY_PAGE_SIZE = 50
+
+
+def leaderboard_period(value: str | None) -> str:
+    """A period from a query string: week, month or all; anything else is the week."""
+    from contributors.models import Period
+
+    return value if value in Period.values else str(Period.WEEK)
+
+
+def credit_formula() -> dict[str, Any]:
+    """The live constants of the credit formula, for the page that shows it, with a worked
+    example: one verified sample more than the cap, on a prompt that one sample in four
+    passes (d = 0.75)."""
+    from contributors.services import credit
+
+    cap = credit.cap_per_prompt()
+    _, example = credit.prompt_credit(difficulty=0.75, verified=cap + 1)
+    return {
+        "points_per_sample": credit.points_per_sample(),
+        "cap_per_prompt": cap,
+        "example_verified": cap + 1,
+        "example_points": example,
+    }
+
+
+def leaderboard(*, period: str) -> dict[str, Any]:
+    """The precomputed board of a period (LeaderboardRow, at most LEADERBOARD_SIZE rows, by
+    rank) and when it was computed (None before the first refresh). Never reads the ledger."""
+    from django.db.models import Max
+
+    from contributors.models import LeaderboardRow
+    from contributors.services.credit import LEADERBOARD_SIZE
+
+    rows = list(
+        LeaderboardRow.objects.filter(period=period)
+        .order_by("rank")
+        .only("rank", "handle", "points", "verified", "computed_at")[:LEADERBOARD_SIZE]
+    )
+    if rows:
+        computed_at = rows[0].computed_at
+    else:  # an empty period: the other periods' rows carry the time of the refresh
+        computed_at = LeaderboardRow.objects.aggregate(at=Max("computed_at"))["at"]
+    return {"period": period, "rows": rows, "computed_at": computed_at}
+
+
+def credit_ranks(*, user: Any) -> dict[str, int | None]:
+    """The contributor's rank per period on the precomputed board (None: not in its top)."""
+    from contributors.models import LeaderboardRow, Period
+
+    found = dict(LeaderboardRow.objects.filter(contributor=user).values_list("period", "rank"))
+    return {period: found.get(period) for period in Period.values}
+
+
+def credit_totals(*, user: Any, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """The contributor's points and verified samples credited per period, summed from their
+    own ledger entries (one aggregate over the (contributor, at) index)."""
+    from django.db.models import Sum
+
+    from contributors.models import CreditEntry, Period
+    from contributors.services.credit import PRECISION, period_start
+
+    now = now or timezone.now()
+    sums: dict[str, Any] = {}
+    for period in Period.values:
+        start = period_start(period, now)
+        window = Q(at__lte=now) if start is None else Q(at__gte=start, at__lte=now)
+        sums[f"{period}_points"] = Sum("points", filter=window)
+        sums[f"{period}_verified"] = Sum("verified", filter=window)
+    totals = CreditEntry.objects.filter(contributor=user).aggregate(**sums)
+    return {
+        period: {
+            "points": round(totals[f"{period}_points"] or 0.0, PRECISION) + 0.0,
+            "verified": totals[f"{period}_verified"] or 0,
+        }
+        for period in Period.values
+    }
+
+
+def credit_history(*, user: Any, page: int | str | None = 1) -> dict[str, Any]:
+    """The contributor's credit: their ledger entries, newest first, HISTORY_PAGE_SIZE a page
+    (a page out of range is the last one), their totals per period and their ranks."""
+    from django.core.paginator import Paginator
+
+    from contributors.models import CreditEntry
+
+    entries = (
+        CreditEntry.objects.filter(contributor=user)
+        .select_related("bounty")
+        .only("kind", "points", "verified", "prompt_id", "bounty__title", "at")
+        .order_by("-at", "-pk")
+    )
+    return {
+        "page": Paginator(entries, HISTORY_PAGE_SIZE).get_page(page),
+        "totals": credit_totals(user=user),
+        "ranks": credit_ranks(user=user),
+    }
+
+
 def node_for(*, user: Any, node_id: int) -> ComputeNode:
     node = ComputeNode.objects.filter(pk=node_id, owner=user).first()
     if node is None:
@@ -197,6 +298,177 @@ def prompt_difficulty(*, prompt_id: int) -> dict[str, Any]:
     }
 
 
+# --- bounties (contributors.services.bounties writes them) ------------------------------------
+# Pages read the precomputed rows: Bounty.progress, BountyContribution, claims, the audit
+# trail's few entries of one bounty; never the samples table.
+
+BOUNTY_PAGE_SIZE = 20
+BOUNTY_ROWS = 100  # contributors and claims shown on a bounty's page
+BOUNTY_FILTERS = ("open", "mine", "completed")
+
+
+def bounty_board(*, user: Any, which: str = "open", page: Any = 1) -> dict[str, Any]:
+    """The bounty board: `open` (open or in progress, soonest deadline first), `mine` (the
+    bounties the user claimed or contributed to; needs a login), `completed` (completed or
+    awarded, newest first). Paginated. `needs_login`: `mine` was asked for by nobody."""
+    from django.core.paginator import Paginator
+
+    from contributors.models import BOUNTY_LIVE, Bounty, BountyStatus
+
+    if which not in BOUNTY_FILTERS:
+        which = "open"
+    bounties = Bounty.objects.select_related("prompt_set")
+    needs_login = False
+    if which == "open":
+        bounties = bounties.filter(status__in=BOUNTY_LIVE).order_by(
+            F("deadline").asc(nulls_last=True), "-created_at", "-pk"
+        )
+    elif which == "completed":
+        bounties = bounties.filter(
+            status__in=(BountyStatus.COMPLETED, BountyStatus.AWARDED)
+        ).order_by(F("completed_at").desc(nulls_last=True), "-pk")
+    elif getattr(user, "is_authenticated", False):
+        bounties = bounties.filter(
+            Q(pk__in=_claimed_by(user)) | Q(pk__in=_contributed_by(user))
+        ).order_by("-created_at", "-pk")
+    else:
+        needs_login = True
+        bounties = bounties.none()
+    paginator = Paginator(bounties, BOUNTY_PAGE_SIZE)
+    return {
+        "which": which,
+        "filters": BOUNTY_FILTERS,
+        "needs_login": needs_login,
+        "page": paginator.get_page(page),
+    }
+
+
+def _claimed_by(user: Any) -> Any:
+    from contributors.models import BountyClaim
+
+    return BountyClaim.objects.filter(contributor_id=user.pk).values("bounty_id")
+
+
+def _contributed_by(user: Any) -> Any:
+    from contributors.models import BountyContribution
+
+    return BountyContribution.objects.filter(contributor_id=user.pk).values("bounty_id")
+
+
+def _shown_names(user_ids: Iterable[int], viewer: Any) -> dict[int, str]:
+    """Handles as the public sees them: "anonymous" for a contributor who chose not to be
+    credited by name (or has no profile). The viewer's own row says so."""
+    handles = public_handles(user_ids)
+    me = viewer.pk if getattr(viewer, "is_authenticated", False) else None
+    names = {}
+    for uid in user_ids:
+        name = handles.get(uid) or "anonymous"
+        names[uid] = f"{name} (you)" if uid == me else name
+    return names
+
+
+# The audit trail's bounty entries, as the bounty's public history says them (who decided is
+# for the admin's audit trail; the page says "a maintainer").
+_BOUNTY_ACTIONS = {
+    "bounty.create": "opened by a maintainer",
+    "bounty.change": "edited by a maintainer",
+    "bounty.complete": "marked completed by a maintainer",
+    "bounty.award": "awarded by a maintainer",
+    "bounty.cancel": "cancelled by a maintainer",
+    "bounty.expire": "expired: the deadline passed",
+    "bounty.claim.approve": "a claim was approved",
+    "bounty.claim.reject": "a claim was rejected",
+}
+
+
+def bounty_detail(*, bounty_id: int, user: Any) -> dict[str, Any]:
+    """A bounty's page: the bounty, who contributed (verified samples toward it, share, points
+    awarded), the claims, the viewer's own claim, and its history (status times and the audit
+    trail's entries for it). At most BOUNTY_ROWS contributors and claims."""
+    from django.db.models import Sum
+
+    from contributors.models import (
+        Bounty,
+        BountyClaim,
+        BountyContribution,
+        BountyStatus,
+        CreditEntry,
+        CreditKind,
+    )
+    from scoring.models import AuditEntry
+
+    bounty = Bounty.objects.select_related("prompt_set").filter(pk=bounty_id).first()
+    if bounty is None:
+        raise Http404
+    contributions = list(
+        BountyContribution.objects.filter(bounty=bounty)
+        .order_by("-verified", "contributor_id")
+        .values_list("contributor_id", "verified")[:BOUNTY_ROWS]
+    )
+    totals = BountyContribution.objects.filter(bounty=bounty).aggregate(
+        n=Count("pk"), verified=Sum("verified")
+    )
+    claims = list(
+        BountyClaim.objects.filter(bounty=bounty).order_by("created_at", "pk")[:BOUNTY_ROWS]
+    )
+    points = dict(
+        CreditEntry.objects.filter(bounty=bounty, kind=CreditKind.BOUNTY).values_list(
+            "contributor_id", "points"
+        )
+    )
+    ids = {uid for uid, _ in contributions} | {c.contributor_id for c in claims}
+    names = _shown_names(sorted(ids), user)
+    approved = {c.contributor_id: c.share for c in claims if c.share is not None}
+    awarded = bounty.status == BountyStatus.AWARDED
+    all_verified = totals["verified"] or 0
+    rows = [
+        {
+            "name": names[uid],
+            "verified": verified,
+            # Before the award: the share the verified samples would earn now.
+            "share": approved.get(uid)
+            if awarded
+            else (verified / all_verified if all_verified else None),
+            "points": points.get(uid),
+        }
+        for uid, verified in contributions
+    ]
+    me = user.pk if getattr(user, "is_authenticated", False) else None
+    history: list[dict[str, Any]] = [
+        {"at": bounty.created_at, "what": "created"},
+        *([{"at": bounty.completed_at, "what": "completed"}] if bounty.completed_at else []),
+        *([{"at": bounty.awarded_at, "what": "awarded"}] if bounty.awarded_at else []),
+    ]
+    entries = (
+        AuditEntry.objects.filter(details__bounty=bounty.pk, action__in=list(_BOUNTY_ACTIONS))
+        .order_by("-at", "-pk")
+        .values_list("at", "action", "reason")[:BOUNTY_ROWS]
+    )
+    for at, action, reason in entries:
+        history.append({"at": at, "what": _BOUNTY_ACTIONS[action], "reason": reason})
+    history.sort(key=lambda h: h["at"])
+    return {
+        "bounty": bounty,
+        "contributions": rows,
+        "contributors": totals["n"],
+        "verified_total": all_verified,
+        "claims": [
+            {
+                "name": names[c.contributor_id],
+                "status": c.status,
+                "share": c.share,
+                "note": c.note,
+                "at": c.created_at,
+            }
+            for c in claims
+        ],
+        "my_claim": BountyClaim.objects.filter(bounty=bounty, contributor_id=me).first()
+        if me is not None
+        else None,
+        "history": history,
+    }
+
+
 STATS_CACHE_S = 30
 
 
@@ -259,3 +531,65 @@ def public_handles(user_ids: Iterable[int]) -> dict[int, str | None]:
         .values_list("user_id", "handle", "public_attribution")
         .iterator(chunk_size=2000)
     }
+
+
+# --- The contributor's own pages (thinkpool/web/account.py) ----------------------------------
+
+# A contributor's nodes on one page: each costs a few indexed queries (its samples by origin).
+NODES_SHOWN = 100
+THROUGHPUT_WINDOW_H = 24
+
+
+def node_overview(*, user: Any) -> list[dict[str, Any]]:
+    """The caller's nodes (at most NODES_SHOWN, by name), each with its status, the models it
+    serves, its throughput (samples uploaded in the last 24 hours, per hour) and its samples'
+    counts as scoring.disclosure allows them: accepted (verified) and rejected only among
+    samples of closed prompts, one `awaiting_disclosure` count for those of open prompts."""
+    from datetime import timedelta
+
+    since = timezone.now() - timedelta(hours=THROUGHPUT_WINDOW_H)
+    nodes = ComputeNode.objects.filter(owner=user).order_by("name", "pk")[:NODES_SHOWN]
+    rows = []
+    for node in nodes:
+        samples = Sample.objects.filter(origin__node=node)
+        counts = disclosure.status_counts(samples)
+        last_day = samples.filter(received_at__gte=since).count()
+        rows.append(
+            {
+                "id": node.pk,
+                "name": node.name,
+                "backend": node.backend,
+                "status": node.status,
+                "last_heartbeat": node.last_heartbeat,
+                "models": [
+                    {"id": str(m.get("id", "")), "revision": m.get("revision") or ""}
+                    for m in (node.models_served or [])
+                    if isinstance(m, dict)
+                ],
+                "samples_last_day": last_day,
+                "samples_per_hour": round(last_day / THROUGHPUT_WINDOW_H, 1),
+                "accepted": counts[SampleStatus.VERIFIED],
+                "rejected": counts[SampleStatus.REJECTED],
+                "awaiting_disclosure": counts[disclosure.AWAITING_DISCLOSURE],
+                "total": sum(counts.values()),
+            }
+        )
+    return rows
+
+
+# The imports of this section are local: this file's head belongs to others' edits.
+def user_tokens(*, user: Any) -> Any:
+    """The caller's API tokens (a QuerySet of ApiToken), newest first; the page paginates."""
+    from contributors.models import ApiToken
+
+    return ApiToken.objects.filter(user=user).order_by("-created_at", "-pk")
+
+
+def token_for(*, user: Any, token_id: int) -> Any:
+    """The caller's ApiToken of that id; another contributor's is not found."""
+    from contributors.models import ApiToken
+
+    token = ApiToken.objects.filter(pk=token_id, user=user).first()
+    if token is None:
+        raise Http404
+    return token

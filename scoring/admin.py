@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import uuid
 from datetime import timedelta
 from functools import partial
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet, Sum
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -19,8 +23,16 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from scoring import audit
+from scoring.admin_actions import (
+    InputFilter,
+    ReasonActionForm,
+    action_reason,
+    confirm_with_reason,
+)
 from scoring.models import (
+    DEFAULT_INSTRUCTION,
     AuditEntry,
+    Domain,
     PreferencePair,
     Prompt,
     PromptGold,
@@ -38,6 +50,117 @@ from scoring.models import (
     VerdictStatus,
 )
 from scoring.pipeline import POISON_PREFIX
+
+# --- importing a prompt file (PromptSetAdmin.import_view) ------------------------------------
+
+IMPORT_FORMATS = (".jsonl", ".json", ".csv", ".parquet")  # what scoring.prompt_io reads
+# Files up to this size are imported inside the request; larger ones are stored under
+# VAR_DIR/uploads and imported by a task (scoring.import_prompt_file) on `maintenance`.
+IMPORT_INLINE_BYTES = 2 * 1024 * 1024
+IMPORT_MAX_BYTES = 512 * 1024 * 1024
+# Bad rows listed on the report page.
+REPORT_ROWS = 1000
+
+
+def _import_limits() -> tuple[int, int]:
+    return (
+        int(getattr(settings, "THINKPOOL_ADMIN_IMPORT_INLINE_BYTES", IMPORT_INLINE_BYTES)),
+        int(getattr(settings, "THINKPOOL_ADMIN_IMPORT_MAX_BYTES", IMPORT_MAX_BYTES)),
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+class ImportPromptsForm(forms.Form):
+    prompt_set = forms.ModelChoiceField(
+        queryset=PromptSet.objects.order_by("name"),
+        required=False,
+        label="Into the set",
+        empty_label="(a new set: name, domain, licence and source below)",
+    )
+    name = forms.SlugField(label="New set's name", required=False, max_length=100)
+    domain = forms.ChoiceField(
+        label="New set's domain", required=False, choices=[("", "---------"), *Domain.choices]
+    )
+    license = forms.CharField(
+        label="New set's licence",
+        required=False,
+        max_length=64,
+        help_text="SPDX identifier, e.g. MIT or CC-BY-4.0.",
+    )
+    source = forms.URLField(
+        label="New set's source", required=False, max_length=500, assume_scheme="https"
+    )
+    file = forms.FileField(label="File")
+    field_map = forms.CharField(
+        label="Field map",
+        required=False,
+        max_length=500,
+        help_text="ours=theirs, comma-separated, e.g. prompt=question,answer=solution.",
+    )
+    skip_invalid = forms.BooleanField(
+        label="Import the valid rows, skip the invalid ones",
+        required=False,
+        help_text="Otherwise one invalid row imports nothing.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _, most = _import_limits()
+        self.fields["file"].help_text = (
+            f"{', '.join(IMPORT_FORMATS)}; at most {_megabytes(most)}. One prompt per row: "
+            "prompt (or messages), answer (math, mcq, string), tests (code), id, metadata."
+        )
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        suffix = PurePath(upload.name or "").suffix.lower()
+        if suffix not in IMPORT_FORMATS:
+            raise ValidationError(
+                f"Unknown format {suffix or '(none)'}: use {', '.join(IMPORT_FORMATS)}."
+            )
+        _, most = _import_limits()
+        if upload.size > most:
+            raise ValidationError(
+                f"The file is {_megabytes(upload.size)}; at most {_megabytes(most)}. Larger "
+                "files: manage.py import_prompts."
+            )
+        return upload
+
+    def clean_field_map(self) -> dict[str, str]:
+        from scoring.prompt_io import PromptFileError, parse_field_map
+
+        try:
+            return parse_field_map(self.cleaned_data.get("field_map") or "")
+        except PromptFileError as exc:
+            raise ValidationError(str(exc).replace("--field-map", "Field map")) from None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if cleaned.get("prompt_set") is None:
+            for field in ("name", "domain", "license"):
+                if not cleaned.get(field) and field not in self.errors:
+                    self.add_error(field, "Required for a new set (or pick an existing set).")
+            name = cleaned.get("name")
+            if name and PromptSet.objects.filter(name=name).exists():
+                self.add_error("name", "A set of this name exists: pick it above instead.")
+        return cleaned
+
+    def new_set(self) -> PromptSet:
+        """The set to make (unsaved), validated like the admin's own form."""
+        data = self.cleaned_data
+        prompt_set = PromptSet(
+            name=data["name"],
+            domain=data["domain"],
+            license=data["license"],
+            source=data.get("source") or "",
+            # As `manage.py import_prompts` does: the R1 instruction for math, none otherwise.
+            instruction_template=DEFAULT_INSTRUCTION if data["domain"] == Domain.MATH else "",
+        )
+        prompt_set.full_clean(exclude=["last_prompt_seq"])
+        return prompt_set
 
 
 @admin.register(PromptSet)
@@ -90,7 +213,7 @@ class PromptSetAdmin(admin.ModelAdmin):
         ),
         ("Verifiers", {"fields": ["verifier_config"]}),
     ]
-    actions = ["retire"]
+    actions = ["retire", "build_selections"]
 
     @admin.display(description="prompts")
     def prompt_count(self, obj: PromptSet) -> int:
@@ -127,6 +250,192 @@ class PromptSetAdmin(admin.ModelAdmin):
             f"{len(sets)} sets retired (inactive); {closed} prompts closed to collection "
             "(copies of the same text in other sets included). Their verdicts are now shown "
             "to contributors and their gold may be published.",
+        )
+
+    @admin.action(description="Build selections (SFT, preference pairs, RL prompts)")
+    def build_selections(self, request: HttpRequest, queryset: QuerySet[PromptSet]) -> None:
+        from scoring.tasks import queue_set_selections
+
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        with transaction.atomic():
+            audit.record(
+                actor=request.user,
+                action="promptset.build_selections",
+                model=PromptSet,
+                ids=ids,
+                reason=action_reason(request),
+            )
+            queue_set_selections(ids)
+        self.message_user(
+            request,
+            f"Queued the selections of {len(ids)} sets on the maintenance queue; they are "
+            "rebuilt in the background (as manage.py build_selections --set does).",
+            messages.SUCCESS,
+        )
+
+    # --- importing a file
+
+    def has_import_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("scoring.add_prompt") and request.user.has_perm(
+            "scoring.add_promptset"
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="{}_{}_import".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "has_import_permission": self.has_import_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        """Imports prompts from an uploaded file into an existing set or a new one. Small
+        files are imported here and their report shown; large ones are stored under
+        VAR_DIR/uploads and imported by a task, whose report goes to the audit trail."""
+        from scoring.services import import_from_file
+
+        if not self.has_import_permission(request):
+            raise PermissionDenied
+        posted = request.method == "POST"
+        form = ImportPromptsForm(
+            request.POST if posted else None, request.FILES if posted else None
+        )
+        outcome = None
+        prompt_set: PromptSet | None = None
+        if posted and form.is_valid():
+            data = form.cleaned_data
+            prompt_set = data["prompt_set"]
+            new = prompt_set is None
+            try:
+                if prompt_set is None:
+                    prompt_set = form.new_set()
+                    with transaction.atomic():
+                        prompt_set.save()
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            except IntegrityError:
+                form.add_error("name", "A set of this name exists: pick it above instead.")
+            else:
+                upload = data["file"]
+                inline, _ = _import_limits()
+                suffix = PurePath(upload.name).suffix.lower()
+                if upload.size > inline:
+                    return self._queue_import(request, upload, suffix, prompt_set, new, data)
+                with tempfile.TemporaryDirectory(prefix="thinkpool-import-") as folder:
+                    local = Path(folder) / f"upload{suffix}"
+                    with local.open("wb") as out:
+                        for piece in upload.chunks():
+                            out.write(piece)
+                    outcome = import_from_file(
+                        prompt_set_id=prompt_set.pk,
+                        path=str(local),
+                        by=request.user,
+                        skip_invalid=data["skip_invalid"],
+                        field_map=data["field_map"],
+                        file_name=upload.name,
+                        new_set=new,
+                    )
+                if outcome.result == "imported":
+                    self.message_user(
+                        request,
+                        f"Imported {outcome.report.created} prompts into {prompt_set.name}.",
+                        messages.SUCCESS,
+                    )
+                    # The next file goes into this set by default (the new set exists now).
+                    form = ImportPromptsForm(initial={"prompt_set": prompt_set.pk})
+                else:
+                    self.message_user(
+                        request,
+                        "Nothing was imported"
+                        + (" and the new set was not kept" if outcome.set_removed else "")
+                        + ": see the report below.",
+                        messages.ERROR,
+                    )
+        report = outcome.report if outcome is not None else None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Import prompts from a file",
+            "form": form,
+            "outcome": outcome,
+            "report": report,
+            "prompt_set": prompt_set if outcome and not outcome.set_removed else None,
+            "invalid_rows": report.invalid[:REPORT_ROWS] if report else [],
+            "invalid_more": max(0, len(report.invalid) - REPORT_ROWS) if report else 0,
+        }
+        return TemplateResponse(request, "admin/scoring/promptset/import.html", context)
+
+    def _queue_import(
+        self,
+        request: HttpRequest,
+        upload: Any,
+        suffix: str,
+        prompt_set: PromptSet,
+        new: bool,
+        data: dict[str, Any],
+    ) -> HttpResponse:
+        """Stores a large upload under VAR_DIR/uploads and queues its import."""
+        from scoring.tasks import import_prompt_file
+
+        folder = Path(settings.VAR_DIR) / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        stored = folder / f"{uuid.uuid4().hex}{suffix}"
+        with stored.open("wb") as out:
+            for piece in upload.chunks():
+                out.write(piece)
+        actor_id = request.user.pk
+        try:
+            import_prompt_file.apply_async(
+                args=(str(stored), prompt_set.pk),
+                kwargs={
+                    "actor_id": actor_id,
+                    "skip_invalid": data["skip_invalid"],
+                    "field_map": data["field_map"],
+                    "file_name": upload.name,
+                    "new_set": new,
+                },
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0},
+            )
+        except Exception as exc:
+            stored.unlink(missing_ok=True)
+            if new and not prompt_set.prompts.exists():
+                prompt_set.delete()
+            self.message_user(
+                request,
+                f"Could not queue the import ({type(exc).__name__}): is the broker running? "
+                "Nothing was imported.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(request.get_full_path())
+        audit.record(
+            actor=request.user,
+            action="promptset.import.queued",
+            model=PromptSet,
+            ids=[prompt_set.pk],
+            details={"file": upload.name, "bytes": upload.size, "new_set": new},
+        )
+        self.message_user(
+            request,
+            f"Queued the import of {upload.name} ({_megabytes(upload.size)}) into "
+            f"{prompt_set.name}; it runs in the background on the maintenance queue. Its "
+            "report (created, duplicates, rejected rows) goes to the audit trail.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(
+            reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
         )
 
 
@@ -259,15 +568,54 @@ class ScoringTroubleFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _contributor_ids(term: str) -> list[int]:
+    """Users whose username or handle (contributors' Profile, by its reverse name) is
+    `term`, in any letter case: a small indexed read of the users, never a join of samples."""
+    users = get_user_model().objects.filter(
+        Q(username__iexact=term) | Q(profile__handle__iexact=term)
+    )
+    return list(users.values_list("pk", flat=True)[:50])
+
+
+class ContributorFilter(InputFilter):
+    """Samples of one contributor, by username or handle: typed, so the filter never lists
+    (or loads) every user."""
+
+    title = "contributor"
+    label = "Username or handle"
+    parameter_name = "contributor"
+
+    def lookup(
+        self, request: HttpRequest, queryset: QuerySet[Sample], value: str
+    ) -> QuerySet[Sample]:
+        return queryset.filter(contributor_id__in=_contributor_ids(value))
+
+
+class ModelFilter(InputFilter):
+    """Samples of one model id (exact): typed, since listing the models would read every
+    sample (SELECT DISTINCT)."""
+
+    title = "model"
+    label = "Model id, e.g. Qwen/Qwen3-8B"
+    parameter_name = "model"
+
+    def lookup(
+        self, request: HttpRequest, queryset: QuerySet[Sample], value: str
+    ) -> QuerySet[Sample]:
+        return queryset.filter(model=value)
+
+
 @admin.register(Sample)
 class SampleAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "client_id",
+        "prompt_id",
         "contributor",
         "model",
         "temperature",
         "status",
+        "override",
         "attempts",
         "short_reason",
         "counted",
@@ -278,21 +626,29 @@ class SampleAdmin(admin.ModelAdmin):
     ]
     list_filter = [
         "status",
+        "override",
         VerifierResultFilter,
         ScoringTroubleFilter,
         "quarantined",
         "counted",
         "prompt__prompt_set__domain",
         "prompt__prompt_set",
+        ModelFilter,
+        ContributorFilter,
         "finish_reason",
-        "model",
         "received_at",
     ]
     date_hierarchy = "received_at"
-    # Exact matches, so a search never scans completions: the prompt's id, the sample's
-    # client id, the contributor's name, a model id.
-    search_fields = ["=prompt__id", "=client_id", "model", "=contributor__username"]
+    # Exact matches only (get_search_results), so a search never scans completions: the
+    # prompt's id, the sample's client id, the contributor's username or handle.
+    search_fields = ["=prompt__id", "=client_id", "=contributor__username"]
+    search_help_text = (
+        "A prompt id, a sample's client id, or a contributor's username or handle (exact)."
+    )
     list_select_related = ["contributor"]
+    # One COUNT per page (the filtered one), not a second over the whole table.
+    show_full_result_count = False
+    action_form = ReasonActionForm
     raw_id_fields = ["prompt", "contributor"]
     # A sample is evidence: nothing of it is edited by hand. It changes only through the
     # actions below, each kept in the audit trail with who and why.
@@ -306,7 +662,33 @@ class SampleAdmin(admin.ModelAdmin):
         *(f.name for f in Sample._meta.concrete_fields if not f.primary_key),
     ]
     inlines = [VerdictInline]
-    actions = ["quarantine", "release_from_quarantine", "score_again"]
+    actions = [
+        "approve",
+        "reject",
+        "clear_override",
+        "quarantine",
+        "release_from_quarantine",
+        "score_again",
+    ]
+
+    class Media:
+        css = {"all": ["scoring/admin.css"]}
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Sample], search_term: str
+    ) -> tuple[QuerySet[Sample], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(contributor_id__in=_contributor_ids(term))
+        if term.isdigit():
+            match |= Q(prompt_id=int(term))
+        with contextlib.suppress(ValueError):
+            match |= Q(client_id=uuid.UUID(term))
+        return queryset.filter(match), False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # samples come from uploads only
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # A stored sample is counted in its slot, the contributor's per-prompt cap and the
@@ -325,7 +707,7 @@ class SampleAdmin(admin.ModelAdmin):
         messages = obj.prompt.prompt_set.render_messages(obj.prompt.messages)
         return format_html_join(
             "",
-            "<p><strong>{}</strong></p><pre style='white-space: pre-wrap'>{}</pre>",
+            "<p><strong>{}</strong></p><pre class='tp-pre'>{}</pre>",
             ((str(m.get("role", "")), str(m.get("content", ""))) for m in messages),
         )
 
@@ -336,11 +718,11 @@ class SampleAdmin(admin.ModelAdmin):
 
     @admin.display(description="reasoning")
     def shown_reasoning(self, obj: Sample) -> str:
-        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", self._split(obj)[0])
+        return format_html("<pre class='tp-pre'>{}</pre>", self._split(obj)[0])
 
     @admin.display(description="answer")
     def shown_response(self, obj: Sample) -> str:
-        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", self._split(obj)[1])
+        return format_html("<pre class='tp-pre'>{}</pre>", self._split(obj)[1])
 
     @admin.display(description="gold (staff only)")
     def shown_gold(self, obj: Sample) -> str:
@@ -348,7 +730,7 @@ class SampleAdmin(admin.ModelAdmin):
         if gold is None:
             return "-"
         tests = "" if gold.tests is None else json.dumps(gold.tests, indent=1)[:20000]
-        return format_html("<pre style='white-space: pre-wrap'>{}\n{}</pre>", gold.answer, tests)
+        return format_html("<pre class='tp-pre'>{}\n{}</pre>", gold.answer, tests)
 
     @admin.display(description="reward scores")
     def shown_rewards(self, obj: Sample) -> str:
@@ -374,47 +756,146 @@ class SampleAdmin(admin.ModelAdmin):
             or "-"
         )
 
-    @admin.action(description="Quarantine (hold from releases)")
+    # --- maintainers' decisions. Each goes through scoring.services (audited there, with the
+    # reason from the action bar or the confirmation page), in the request for up to
+    # THINKPOOL_ADMIN_SYNC_LIMIT samples, else as tasks on the `maintenance` queue
+    # (scoring.tasks.dispatch_sample_action), a select-across included.
+
+    _done = {
+        "approve": "approved (verified, whatever the verifiers said)",
+        "reject": "rejected (whatever the verifiers said)",
+        "clear_override": "no longer overridden, and back to scoring",
+        "quarantine": "quarantined",
+        "release": "released and queued for scoring",
+        "rescore": "queued for scoring again",
+    }
+
+    def _dispatch(
+        self, request: HttpRequest, queryset: QuerySet[Sample], action: str, reason: str
+    ) -> None:
+        from scoring.tasks import dispatch_sample_action
+
+        done = dispatch_sample_action(
+            action=action, queryset=queryset, by=request.user, reason=reason
+        )
+        if not done.queued:
+            self.message_user(request, f"{done.changed} samples {self._done[action]}.")
+            return
+        audit.record(
+            actor=request.user,
+            action=f"sample.{action}.queued",
+            model=Sample,
+            ids=[],
+            reason=reason,
+            details={
+                "count": done.count,
+                "chunks": done.chunks,
+                "filters": request.GET.urlencode()[:2000],
+            },
+        )
+        if done.unsent:
+            self.message_user(
+                request,
+                f"Queued {done.sent} of {done.chunks} tasks for {done.count} samples; the "
+                "rest could not reach the broker (is it running?). Run the "
+                "action again for them: samples already done are left as they are.",
+                messages.WARNING,
+            )
+            return
+        self.message_user(
+            request,
+            f"Queued {done.count} samples in {done.chunks} tasks; it runs in the background "
+            "on the maintenance queue. Each task keeps its part in the audit trail.",
+            messages.SUCCESS,
+        )
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Sample],
+        action: str,
+        *,
+        title: str,
+        intro: str,
+        button: str,
+    ) -> tuple[str | None, HttpResponse | None]:
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("contributor").order_by("pk"),
+            action=action,
+            title=title,
+            intro=intro,
+            button=button,
+            columns=["sample", "prompt", "contributor", "model", "status", "override", "reason"],
+            row=lambda s: (
+                s.pk,
+                s.prompt_id,
+                s.contributor.get_username(),
+                s.model,
+                s.status,
+                s.get_override_display() or "-",
+                s.status_reason[:80],
+            ),
+        )
+
+    @admin.action(
+        description="Approve: verified, overriding the verifiers…", permissions=["change"]
+    )
+    def approve(self, request: HttpRequest, queryset: QuerySet[Sample]) -> HttpResponse | None:
+        reason, page = self._confirm(
+            request,
+            queryset,
+            "approve",
+            title="Approve samples",
+            intro="These samples become verified whatever the verifiers said, and stay so "
+            "when they are scored again, until the override is cleared. The counters and "
+            "selections move with them.",
+            button="Approve",
+        )
+        if page is not None:
+            return page
+        self._dispatch(request, queryset, "approve", reason or "")
+        return None
+
+    @admin.action(description="Reject: rejected, overriding the verifiers…", permissions=["change"])
+    def reject(self, request: HttpRequest, queryset: QuerySet[Sample]) -> HttpResponse | None:
+        reason, page = self._confirm(
+            request,
+            queryset,
+            "reject",
+            title="Reject samples",
+            intro="These samples become rejected whatever the verifiers said, and stay so "
+            "when they are scored again, until the override is cleared. Their contributors "
+            "see the reason on closed prompts.",
+            button="Reject",
+        )
+        if page is not None:
+            return page
+        self._dispatch(request, queryset, "reject", reason or "")
+        return None
+
+    @admin.action(
+        description="Clear the override (the next scoring decides)", permissions=["change"]
+    )
+    def clear_override(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
+        self._dispatch(request, queryset, "clear_override", action_reason(request))
+
+    @admin.action(description="Quarantine (hold from releases)", permissions=["change"])
     def quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
-        from scoring.tasks import schedule_rebuilds
+        self._dispatch(request, queryset, "quarantine", action_reason(request))
 
-        prompt_ids = list(queryset.values_list("prompt_id", flat=True).distinct())
-        with transaction.atomic():
-            ids = list(queryset.filter(quarantined=False).values_list("pk", flat=True))
-            n = Sample.objects.filter(pk__in=ids).update(quarantined=True)
-            audit.record(actor=request.user, action="sample.quarantine", model=Sample, ids=ids)
-        schedule_rebuilds(prompt_ids)  # a quarantined sample leaves every selection
-        self.message_user(request, f"{n} samples quarantined.")
-
-    @admin.action(description="Release from quarantine (back to scoring)")
+    @admin.action(description="Release from quarantine (back to scoring)", permissions=["change"])
     def release_from_quarantine(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
-        from scoring.pipeline import requeue
-        from scoring.tasks import queue_scoring
-
         # A maintainer's fresh start: its attempts start over (the public counters move with it).
-        with transaction.atomic():
-            ids = requeue(
-                sample_ids=list(queryset.filter(quarantined=True).values_list("pk", flat=True)),
-                release=True,
-            )
-            audit.record(actor=request.user, action="sample.release", model=Sample, ids=ids)
-        queue_scoring(ids)
-        self.message_user(request, f"{len(ids)} samples released and queued for scoring.")
+        self._dispatch(request, queryset, "release", action_reason(request))
 
-    @admin.action(description="Score again (samples in error, poison included)")
+    @admin.action(
+        description="Score again (samples in error, poison included)", permissions=["change"]
+    )
     def score_again(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
-        from scoring.pipeline import requeue
-        from scoring.tasks import queue_scoring
-
         # Only samples still `error`: one a task claimed meanwhile is left to it.
-        with transaction.atomic():
-            ids = requeue(
-                sample_ids=list(queryset.values_list("pk", flat=True)),
-                only_status=SampleStatus.ERROR,
-            )
-            audit.record(actor=request.user, action="sample.rescore", model=Sample, ids=ids)
-        queue_scoring(ids)
-        self.message_user(request, f"{len(ids)} samples queued for scoring again.")
+        self._dispatch(request, queryset, "rescore", action_reason(request))
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -580,6 +1061,9 @@ class ReleaseAdmin(admin.ModelAdmin):
     readonly_fields = [*_record, *_contents, "shown_error"]
     actions = ["retry"]
 
+    class Media:
+        css = {"all": ["scoring/admin.css"]}
+
     # --- permissions: the publisher writes releases, the admin only looks and starts them
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -630,7 +1114,7 @@ class ReleaseAdmin(admin.ModelAdmin):
     def shown_error(self, obj: Release) -> str:
         if not obj.error:
             return "-"
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.error)
+        return format_html('<pre class="tp-pre">{}</pre>', obj.error)
 
     @admin.display(description="files (path → sha256)")
     def files_manifest(self, obj: Release) -> str:
@@ -686,6 +1170,18 @@ class ReleaseAdmin(admin.ModelAdmin):
                         path=data["path"] or None,
                         triggered_by=request.user,
                     )
+                    audit.record(
+                        actor=request.user,
+                        action="release.publish",
+                        model=Release,
+                        ids=[release.pk],
+                        details={
+                            "repo_id": release.repo_id,
+                            "target": release.target,
+                            "tag": release.tag,
+                            "state": release.state,
+                        },
+                    )
                     transaction.on_commit(partial(_queue_publish, release.pk))
             except ReleaseError as exc:
                 form.add_error(None, str(exc))
@@ -717,6 +1213,14 @@ class ReleaseAdmin(admin.ModelAdmin):
         skipped: list[Release] = []
         for release in queryset.order_by("repo_id", "target", "version"):
             (queued if _retryable(release) else skipped).append(release)
+        if queued:
+            audit.record(
+                actor=request.user,
+                action="release.retry",
+                model=Release,
+                ids=[r.pk for r in queued],
+                details={"releases": _named(queued)},
+            )
         for release in queued:
             transaction.on_commit(partial(_queue_publish, release.pk))
         if queued:

@@ -24,15 +24,21 @@ Who bumps what:
 * closed_samples(status): samples of closed prompts by status (the disclosure rule: per-status
   totals over open prompts would be an oracle). `close_prompts` adds a prompt's samples as it
   closes; every status change of a sample of a closed prompt moves one (scoring.pipeline).
+* samples_on(day): samples stored that day (UTC), for the home page's chart: uploads.
+
+Per prompt set, model and temperature the same kind of totals live in SetProgress
+(scoring/progress.py).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date
 
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
 
 from scoring.models import Counter, Prompt, Sample, SampleStatus
 
@@ -45,6 +51,7 @@ SLOTS_FILLED = "slots_filled"  # sum of Slot.filled
 
 _PROMPTS_PREFIX = "prompts_set_"
 _CLOSED_PREFIX = "samples_closed_"
+_DAY_PREFIX = "samples_on_"
 
 
 def prompts_in_set(prompt_set_id: int) -> str:
@@ -56,6 +63,11 @@ def prompts_in_set(prompt_set_id: int) -> str:
 def closed_samples(status: str) -> str:
     """The counter of the samples of closed prompts that have `status`."""
     return f"{_CLOSED_PREFIX}{status}"
+
+
+def samples_on(day: date) -> str:
+    """The counter of the samples stored on `day` (their `received_at` date, UTC)."""
+    return f"{_DAY_PREFIX}{day.isoformat()}"
 
 
 CLOSED_SAMPLES = {status: closed_samples(status) for status in SampleStatus.values}
@@ -130,6 +142,13 @@ def truth() -> dict[str, int]:
         .annotate(n=Count("pk"))
     ):
         values[closed_samples(status)] = n
+    for day, n in (
+        Sample.objects.annotate(day=TruncDate("received_at", tzinfo=UTC))
+        .order_by()
+        .values_list("day")
+        .annotate(n=Count("pk"))
+    ):
+        values[samples_on(day)] = n
     for source in _sources.values():
         values.update(source())
     return values
@@ -150,7 +169,11 @@ def recompute() -> dict[str, tuple[int, int]]:
         with connection.cursor() as cursor:
             cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
     true = truth()
-    known = Q(name__in=list(true)) | Q(name__startswith=_PROMPTS_PREFIX)
+    known = (
+        Q(name__in=list(true))
+        | Q(name__startswith=_PROMPTS_PREFIX)
+        | Q(name__startswith=_DAY_PREFIX)
+    )
     stored = {
         row["name"]: int(row["total"] or 0)
         for row in Counter.objects.filter(known)

@@ -45,7 +45,7 @@ from django.db.models import CharField, F, Q, QuerySet, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
-from scoring import counters, stats
+from scoring import counters, progress, stats
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
 from scoring.signals import disclosed_changed
 from scoring.verifiers.base import Candidate, Gold, Outcome, Status
@@ -157,20 +157,24 @@ def _claim(*, sample_id: int, claim_key: str, rescore: bool) -> tuple[Claim | No
         if claimed:
             _count_moves([(sample_id, before, SampleStatus.SCORING)])
             return Claim(sample_id=sample_id, key=claim_key, attempt=attempt), sample
-        poisoned = this.filter(unfinished, attempts__gte=cap).update(
-            status=SampleStatus.ERROR,
-            status_reason=Concat(
-                Value(POISON_PREFIX + "crashed or timed out its scoring task "),
-                Cast("attempts", output_field=CharField()),
-                Value(" times"),
-                output_field=CharField(),
-            ),
+        # A maintainer's override (Sample.override) is the final status even here, with the
+        # maintainer's reason kept.
+        ended = sample.override or SampleStatus.ERROR
+        poison_reason = Concat(
+            Value(POISON_PREFIX + "crashed or timed out its scoring task "),
+            Cast("attempts", output_field=CharField()),
+            Value(" times"),
+            output_field=CharField(),
+        )
+        poisoned = this.filter(unfinished, attempts__gte=cap, override=sample.override).update(
+            status=ended,
             status_changed_at=now,
             claim_key=claim_key,
             next_attempt_at=None,
+            **({} if sample.override else {"status_reason": poison_reason}),
         )
         if poisoned:
-            _count_moves([(sample_id, before, SampleStatus.ERROR)])
+            _count_moves([(sample_id, before, ended)])
     if poisoned:
         logger.warning(
             "sample %s: its scoring was cut short (crash or time limit) in each of its %s "
@@ -190,13 +194,15 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
     changed = [(pk, old, new) for pk, old, new in moves if old != new]
     if not changed:
         return
-    # One read for both: the per (prompt, model) stats and whether the prompt is closed.
+    # One read for all: the per (prompt, model) stats, whether the prompt is closed, and the
+    # set's progress cell (scoring/progress.py).
     rows = Sample.objects.filter(pk__in=[pk for pk, _, _ in changed]).values_list(
-        "pk", "prompt_id", "model", "prompt__closed_at"
+        "pk", "prompt_id", "model", "prompt__closed_at", "prompt__prompt_set_id", "temperature"
     )
-    keys, closed = {}, set()
-    for pk, prompt_id, model, closed_at in rows:
+    keys, closed, cells = {}, set(), {}
+    for pk, prompt_id, model, closed_at, set_id, temperature in rows:
         keys[pk] = (prompt_id, model)
+        cells[pk] = (set_id, model, temperature)
         if closed_at is not None:
             closed.add(pk)
     stats.record_moves(changed, keys=keys)
@@ -206,6 +212,8 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
             deltas[counters.closed_samples(old)] = deltas.get(counters.closed_samples(old), 0) - 1
             deltas[counters.closed_samples(new)] = deltas.get(counters.closed_samples(new), 0) + 1
     counters.add(deltas)
+    # Verified / rejected of closed prompts only: a verdict on an open one moves nothing.
+    progress.record_moves((cells[pk], old, new) for pk, old, new in changed if pk in closed)
     if closed:
         disclosed_changed.send(sender=Sample, prompt_ids=sorted({keys[pk][0] for pk in closed}))
 
@@ -294,7 +302,9 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
     except ValueError as exc:
         # A maintainer's typo in verifier_config: loud on the sample, not a crashed task. Not
         # retried on its own: no later try mends it (fix the set, then `manage.py rescore`).
-        return _finish(held, SampleStatus.ERROR, f"verifier configuration: {exc}")
+        return _finish(
+            held, SampleStatus.ERROR, f"verifier configuration: {exc}", override=sample.override
+        )
     verdicts: list[Verdict] = []
     fresh: list[Verdict] = []  # judged now: written with the finish
     try:
@@ -325,7 +335,9 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
     # missing, math worker crashed): worth another try later. "Could not be judged" (gold
     # that does not parse) is not: the same inputs give the same answer.
     transient = any(v.status == VerdictStatus.ERROR for v in verdicts)
-    return _finish(held, status, reason, transient=transient, verdicts=fresh)
+    return _finish(
+        held, status, reason, transient=transient, verdicts=fresh, override=sample.override
+    )
 
 
 def _upsert(verdicts: list[Verdict]) -> None:
@@ -368,27 +380,34 @@ def _finish(
     *,
     transient: bool = False,
     verdicts: list[Verdict] | None = None,
+    override: str = "",
 ) -> bool:
     """Settles the sample and writes its new `verdicts`, only while `held` still holds it: a
     newer claim, the sweeper's reset or a maintainer's quarantine wins, and then nothing is
-    written. True when it did."""
+    written. True when it did.
+
+    `override`: the sample's Sample.override as claimed. A maintainer's decision is sticky:
+    the sample keeps that status and the maintainer's reason, and is not retried; the
+    verdicts are still written, as evidence. An override changed since the claim outdates it."""
     now = timezone.now()
     retry_at: datetime | None = None
+    if override:
+        status, transient = override, False
     if transient:
         delay = retry_delay(attempt=held.attempt)
         if delay is None:
             reason = f"{reason}; gave up after {held.attempt} attempts"
         else:
             retry_at = now + delay
+    fields: dict[str, Any] = {} if override else {"status_reason": reason[:500]}
     with transaction.atomic():
         # The UPDATE locks the row until commit: a newer claim (an UPDATE of that row) waits
         # for the verdicts below, so an outdated holder never overwrites those of the claim
         # that came after it.
-        settled = held.still_held().update(
-            status=status,
-            status_reason=reason[:500],
-            status_changed_at=now,
-            next_attempt_at=retry_at,
+        settled = (
+            held.still_held()
+            .filter(override=override)
+            .update(status=status, status_changed_at=now, next_attempt_at=retry_at, **fields)
         )
         if settled:
             _upsert(verdicts or [])
@@ -407,18 +426,23 @@ def give_up(*, sample_id: int, claim_key: str, error: BaseException) -> bool:
     """A bug of ours (not of a verifier: those become `error` verdicts) broke the judging of
     one sample: it ends `error` and is tried again with back-off, while attempts remain,
     instead of staying `scoring` until the sweeper finds it."""
-    attempt = (
+    row = (
         Sample.objects.filter(
             pk=sample_id, status=SampleStatus.SCORING, claim_key=claim_key, quarantined=False
         )
-        .values_list("attempts", flat=True)
+        .values_list("attempts", "override")
         .first()
     )
-    if attempt is None:
+    if row is None:
         return False
+    attempt, override = row
     held = Claim(sample_id=sample_id, key=claim_key, attempt=attempt)
     return _finish(
-        held, SampleStatus.ERROR, f"scoring failed: {type(error).__name__}", transient=True
+        held,
+        SampleStatus.ERROR,
+        f"scoring failed: {type(error).__name__}",
+        transient=True,
+        override=override,
     )
 
 

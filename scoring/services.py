@@ -20,9 +20,9 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from scoring import counters
+from scoring import counters, progress
 from scoring.grader import free_names
-from scoring.models import Domain, Prompt, PromptGold, PromptSet, Sample
+from scoring.models import Domain, Prompt, PromptGold, PromptSet, Sample, SampleStatus
 from scoring.prompt_io import RawRow
 from scoring.sandbox import SandboxUnavailable, check_available
 from scoring.signals import disclosed_changed, prompts_closed
@@ -845,16 +845,22 @@ def _count_closed_samples(prompt_ids: list[int], chunk: int = 1000) -> None:
     first and is counted with its new status here; one that comes after waits for this close
     and then sees the prompt closed, and moves the counters itself."""
     deltas: dict[str, int] = {}
+    # The same count per prompt set's (model, temperature) cell (scoring/progress.py).
+    cells: list[tuple[tuple[int, str, float], str, int]] = []
     for start in range(0, len(prompt_ids), chunk):
         ids = prompt_ids[start : start + chunk]
         if connection.vendor == "postgresql":
-            table = connection.ops.quote_name(Sample._meta.db_table)
+            qn = connection.ops.quote_name
+            table, prompts = qn(Sample._meta.db_table), qn(Prompt._meta.db_table)
             with connection.cursor() as cursor:
-                # Locked in id order, as the sweeps lock samples (pipeline._move_back).
+                # Locked in id order, as the sweeps lock samples (pipeline._move_back); the
+                # prompts are this transaction's own (locked by the close).
                 cursor.execute(
-                    "SELECT status, count(*) FROM (SELECT status FROM "  # noqa: S608
-                    f"{table} WHERE prompt_id = ANY(%s) ORDER BY id FOR SHARE) AS locked "
-                    "GROUP BY status",
+                    "SELECT status, prompt_set_id, model, temperature, count(*) FROM ("  # noqa: S608
+                    f"SELECT s.status, p.prompt_set_id, s.model, s.temperature FROM {table} s "
+                    f"JOIN {prompts} p ON p.id = s.prompt_id WHERE s.prompt_id = ANY(%s) "
+                    "ORDER BY s.id FOR SHARE OF s) AS locked "
+                    "GROUP BY status, prompt_set_id, model, temperature",
                     [ids],
                 )
                 rows = cursor.fetchall()
@@ -862,13 +868,15 @@ def _count_closed_samples(prompt_ids: list[int], chunk: int = 1000) -> None:
             rows = list(
                 Sample.objects.filter(prompt_id__in=ids)
                 .order_by()
-                .values_list("status")
+                .values_list("status", "prompt__prompt_set_id", "model", "temperature")
                 .annotate(n=Count("pk"))
             )
-        for status, n in rows:
+        for status, set_id, model, temperature, n in rows:
             name = counters.closed_samples(status)
             deltas[name] = deltas.get(name, 0) + n
+            cells.append(((set_id, model, temperature), status, n))
     counters.add(deltas)
+    progress.closed(cells)
 
 
 @transaction.atomic
@@ -891,3 +899,242 @@ def retire_prompt_set(*, prompt_set: PromptSet, at: datetime | None = None) -> i
     PromptSet.objects.filter(pk=prompt_set.pk).update(is_active=False)
     prompt_set.is_active = False
     return closed
+
+
+# --- maintainers' decisions on samples (the admin, scoring.tasks.bulk_samples_action) -------
+#
+# Each takes ids, changes only the samples the decision still applies to (so a task that runs
+# twice changes nothing the second time), moves the counters as the pipeline does, and keeps
+# who, what and why in the audit trail (scoring/audit.py) in the same transaction, when it
+# changed anything. Returns the ids it changed.
+
+OVERRIDE_STATUSES = (SampleStatus.VERIFIED, SampleStatus.REJECTED)
+MAINTAINER_PREFIX = "maintainer: "
+
+
+class DecisionError(ValueError):
+    """A maintainer's decision that cannot be taken as asked (no reason, unknown status)."""
+
+
+def _locked(sample_ids: Iterable[int], candidates: QuerySet[Sample] | None = None) -> list[Any]:
+    """(pk, status, override, status_reason) of the samples, locked in id order (the order
+    the sweeps lock them in)."""
+    rows = (candidates if candidates is not None else Sample.objects.all()).filter(
+        pk__in=list(sample_ids)
+    )
+    return list(
+        rows.select_for_update()
+        .order_by("pk")
+        .values_list("pk", "status", "override", "status_reason")
+    )
+
+
+@transaction.atomic
+def override_samples(*, sample_ids: Iterable[int], status: str, reason: str, by: Any) -> list[int]:
+    """A maintainer approves (`verified`) or rejects (`rejected`) samples, whatever the
+    verifiers said: sets `override` and the status, with the reason "maintainer: <reason>".
+    The counters move exactly as for a status change of the pipeline (pipeline._count_moves:
+    per (prompt, model) stats, public counters, set progress, `disclosed_changed` for closed
+    prompts), and scoring again keeps the decision (pipeline._finish). A sample being scored
+    right now is taken from its claim (which then settles nothing). Raises DecisionError
+    without a reason."""
+    from scoring import audit
+    from scoring.pipeline import _count_moves
+
+    if status not in OVERRIDE_STATUSES:
+        raise DecisionError(f"status must be one of {list(OVERRIDE_STATUSES)}, not {status!r}")
+    reason = (reason or "").strip()
+    if not reason:
+        raise DecisionError("A reason is required.")
+    text = (MAINTAINER_PREFIX + reason)[:500]
+    rows = _locked(sample_ids)
+    changed = [
+        (pk, old)
+        for pk, old, override, old_reason in rows
+        if (old, override, old_reason) != (status, status, text)
+    ]
+    ids = [pk for pk, _ in changed]
+    if not ids:
+        return []
+    Sample.objects.filter(pk__in=ids).update(
+        override=status,
+        status=status,
+        status_reason=text,
+        status_changed_at=timezone.now(),
+        next_attempt_at=None,
+    )
+    _count_moves([(pk, old, status) for pk, old in changed])
+    audit.record(
+        actor=by,
+        action="sample.approve" if status == SampleStatus.VERIFIED else "sample.reject",
+        model=Sample,
+        ids=ids,
+        reason=reason,
+        details={"status": status},
+    )
+    return ids
+
+
+@transaction.atomic
+def clear_overrides(*, sample_ids: Iterable[int], by: Any, reason: str = "") -> list[int]:
+    """Lifts maintainers' decisions: `override` is cleared, and the samples (those not
+    quarantined: a quarantined one is judged when it is released) go back to `received`,
+    their attempts starting over: the next scoring decides. Returns the ids cleared: queue
+    them with scoring.tasks.queue_scoring once this has committed."""
+    from scoring import audit
+    from scoring.pipeline import requeue
+
+    ids = [pk for pk, _, override, _ in _locked(sample_ids) if override]
+    if not ids:
+        return []
+    Sample.objects.filter(pk__in=ids).update(override="")
+    moved = requeue(sample_ids=ids)
+    audit.record(
+        actor=by,
+        action="sample.clear_override",
+        model=Sample,
+        ids=ids,
+        reason=(reason or "").strip(),
+        details={"back_to_scoring": len(moved)},
+    )
+    return ids
+
+
+@transaction.atomic
+def quarantine_samples(*, sample_ids: Iterable[int], by: Any, reason: str = "") -> list[int]:
+    """Holds samples from releases (and from every selection: their prompts' selections are
+    rebuilt). A sample being scored is taken from its claim. Returns the ids quarantined now
+    (those already quarantined are left as they are)."""
+    from scoring import audit
+    from scoring.tasks import schedule_rebuilds
+
+    rows = _locked(sample_ids, Sample.objects.filter(quarantined=False))
+    ids = [pk for pk, *_ in rows]
+    if not ids:
+        return []
+    Sample.objects.filter(pk__in=ids).update(quarantined=True)
+    audit.record(
+        actor=by, action="sample.quarantine", model=Sample, ids=ids, reason=(reason or "").strip()
+    )
+    prompts = Sample.objects.filter(pk__in=ids).order_by().values("prompt_id").distinct()
+    schedule_rebuilds([row["prompt_id"] for row in prompts])
+    # A quarantined sample counts for no credit and no bounty: what is built on the disclosed
+    # verdicts of closed prompts settles them again (open prompts' verdicts count for nothing).
+    closed = sorted(
+        Prompt.objects.filter(
+            pk__in=prompts.values("prompt_id"), closed_at__isnull=False
+        ).values_list("pk", flat=True)
+    )
+    if closed:
+        disclosed_changed.send(sender=Sample, prompt_ids=closed)
+    return ids
+
+
+@transaction.atomic
+def release_samples(*, sample_ids: Iterable[int], by: Any, reason: str = "") -> list[int]:
+    """Releases quarantined samples back to scoring (attempts start over). Returns the ids
+    released: queue them with scoring.tasks.queue_scoring once this has committed."""
+    from scoring import audit
+    from scoring.pipeline import requeue
+
+    ids = requeue(sample_ids=list(sample_ids), release=True)
+    if not ids:
+        return []
+    audit.record(
+        actor=by, action="sample.release", model=Sample, ids=ids, reason=(reason or "").strip()
+    )
+    return ids
+
+
+@transaction.atomic
+def score_again(*, sample_ids: Iterable[int], by: Any, reason: str = "") -> list[int]:
+    """Samples still in `error` (poison included) go back to scoring, attempts starting over;
+    one a task claimed meanwhile is left to it. A maintainer's override survives it
+    (pipeline._finish). Returns the ids moved: queue them with scoring.tasks.queue_scoring
+    once this has committed."""
+    from scoring import audit
+    from scoring.pipeline import requeue
+
+    ids = requeue(sample_ids=list(sample_ids), only_status=SampleStatus.ERROR)
+    if not ids:
+        return []
+    audit.record(
+        actor=by, action="sample.rescore", model=Sample, ids=ids, reason=(reason or "").strip()
+    )
+    return ids
+
+
+# --- importing a prompt file from the admin ---------------------------------------------------
+
+# How many of a rejected import's bad rows the audit trail keeps (the page shows them all).
+AUDITED_INVALID_ROWS = 100
+
+
+@dataclass
+class FileImport:
+    """How an import of a file went: `imported` (see `report`), `rejected` (invalid rows,
+    nothing imported) or `unreadable` (the file as a whole: `error`)."""
+
+    result: str
+    report: ImportReport
+    error: str = ""
+    set_removed: bool = False  # the set made for this import was removed again
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "error": self.error,
+            "created": self.report.created,
+            "duplicates": self.report.duplicates,
+            "contaminated": self.report.contaminated,
+            "near_duplicates": self.report.near_duplicates,
+            "invalid_count": len(self.report.invalid),
+            "invalid": [list(row) for row in self.report.invalid[:AUDITED_INVALID_ROWS]],
+            "set_removed": self.set_removed,
+        }
+
+
+def import_from_file(
+    *,
+    prompt_set_id: int,
+    path: str,
+    by: Any,
+    skip_invalid: bool = False,
+    field_map: dict[str, str] | None = None,
+    file_name: str = "",
+    new_set: bool = False,
+) -> FileImport:
+    """Imports a prompt file (.jsonl, .json, .csv or .parquet, as scoring.prompt_io reads
+    them) into the set with `import_prompts`, all or nothing unless `skip_invalid`, and keeps
+    the outcome in the audit trail ("promptset.import"). A file that cannot be read, or that
+    has invalid rows, imports nothing; with `new_set` (the set was made for this import) the
+    set is removed again then, if it holds no prompt."""
+    import csv
+
+    from scoring import audit
+    from scoring.prompt_io import PromptFileError, read_rows
+
+    prompt_set = PromptSet.objects.get(pk=prompt_set_id)
+    shown = file_name or path
+    try:
+        report = import_prompts(
+            prompt_set=prompt_set, rows=read_rows(path, field_map or {}), skip_invalid=skip_invalid
+        )
+        outcome = FileImport("imported", report)
+    except ImportRejected as exc:
+        outcome = FileImport("rejected", exc.report, error=str(exc))
+    except (PromptFileError, UnicodeDecodeError, csv.Error, ValueError, OSError) as exc:
+        # Also what pyarrow raises for a file that is not Parquet (ArrowInvalid: a ValueError).
+        message = str(exc).replace(path, shown) or type(exc).__name__
+        outcome = FileImport("unreadable", ImportReport(), error=message[:1000])
+    if outcome.result != "imported" and new_set and not prompt_set.prompts.exists():
+        prompt_set.delete()
+        outcome.set_removed = True
+    audit.record(
+        actor=by,
+        action="promptset.import",
+        model=PromptSet,
+        ids=[prompt_set_id],
+        details={"file": shown, "set": prompt_set.name, **outcome.summary()},
+    )
+    return outcome

@@ -33,13 +33,16 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from scoring import pipeline
@@ -471,3 +474,233 @@ def _requeue_releases() -> None:
             return  # the broker is away: the next sweep tries again
     if ids:
         logger.info("queued again %d releases nobody was publishing", len(ids))
+
+
+# --- the admin's bulk decisions, imports and builds -------------------------------------------
+# A maintainer's action on more samples than THINKPOOL_ADMIN_SYNC_LIMIT is not done inside the
+# request: the ids go, BULK_CHUNK at a time, to `bulk_samples_action` on the `maintenance`
+# queue. Each decision (scoring.services) changes only the samples it still applies to, so a
+# redelivered chunk changes nothing twice, and each chunk keeps its own audit entry.
+
+BULK_CHUNK = 1000
+SAMPLE_ACTIONS = ("approve", "reject", "clear_override", "quarantine", "release", "rescore")
+
+
+def sync_limit() -> int:
+    from django.conf import settings
+
+    return int(getattr(settings, "THINKPOOL_ADMIN_SYNC_LIMIT", 500))
+
+
+def apply_sample_action(*, action: str, sample_ids: Sequence[int], by: Any, reason: str) -> int:
+    """Takes one decision on `sample_ids` now (scoring.services); returns how many samples it
+    changed. Samples sent back to scoring are queued right after the decision commits: call
+    it outside a transaction for those (the admin and the task do)."""
+    from scoring import services
+    from scoring.models import SampleStatus
+
+    ids = list(sample_ids)
+    rescored: list[int] = []
+    if action == "approve":
+        changed = services.override_samples(
+            sample_ids=ids, status=SampleStatus.VERIFIED, reason=reason, by=by
+        )
+    elif action == "reject":
+        changed = services.override_samples(
+            sample_ids=ids, status=SampleStatus.REJECTED, reason=reason, by=by
+        )
+    elif action == "quarantine":
+        changed = services.quarantine_samples(sample_ids=ids, by=by, reason=reason)
+    elif action == "clear_override":
+        changed = rescored = services.clear_overrides(sample_ids=ids, by=by, reason=reason)
+    elif action == "release":
+        changed = rescored = services.release_samples(sample_ids=ids, by=by, reason=reason)
+    elif action == "rescore":
+        changed = rescored = services.score_again(sample_ids=ids, by=by, reason=reason)
+    else:
+        raise ValueError(f"unknown sample action {action!r} (known: {list(SAMPLE_ACTIONS)})")
+    if rescored:
+        queue_scoring(rescored)
+    return len(changed)
+
+
+@shared_task(
+    name="scoring.bulk_samples_action",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=300,
+    time_limit=360,
+)
+def bulk_samples_action(
+    action: str, sample_ids: list[int], actor_id: int | None = None, reason: str = ""
+) -> int:
+    """One chunk (at most BULK_CHUNK ids) of a maintainer's bulk decision. Safe to run twice:
+    a decision changes only the samples it still applies to."""
+    from django.contrib.auth import get_user_model
+
+    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
+    return apply_sample_action(action=action, sample_ids=sample_ids, by=actor, reason=reason)
+
+
+@dataclass
+class Dispatched:
+    """What `dispatch_sample_action` did: `count` samples selected; done now (`changed` of
+    them changed) or queued as `chunks` tasks. The tasks are sent once the caller's
+    transaction commits (at once outside one): then `sent` of them reached the broker and
+    `unsent` did not."""
+
+    count: int = 0
+    queued: bool = False
+    changed: int = 0
+    chunks: int = 0
+    sent: int = 0
+    unsent: int = 0
+
+
+def dispatch_sample_action(
+    *, action: str, queryset: QuerySet[Sample], by: Any, reason: str, limit: int | None = None
+) -> Dispatched:
+    """Takes a decision on the samples of `queryset`: now, when they are at most `limit`
+    (THINKPOOL_ADMIN_SYNC_LIMIT), else as `bulk_samples_action` tasks of at most BULK_CHUNK
+    ids, sent once the caller's transaction commits. The ids are streamed from the database
+    (an iterator over `values_list`), never all held at once outside a transaction."""
+    if action not in SAMPLE_ACTIONS:
+        raise ValueError(f"unknown sample action {action!r} (known: {list(SAMPLE_ACTIONS)})")
+    limit = sync_limit() if limit is None else limit
+    ordered = queryset.order_by("pk").values_list("pk", flat=True)
+    first = list(ordered[: limit + 1])
+    if len(first) <= limit:
+        changed = apply_sample_action(action=action, sample_ids=first, by=by, reason=reason)
+        return Dispatched(count=len(first), changed=changed)
+    actor_id = by.pk if getattr(by, "is_authenticated", False) else None
+    outcome = Dispatched(queued=True)
+
+    def send(chunk: list[int]) -> None:
+        if outcome.unsent:  # the broker is away: nobody waits on it twice
+            outcome.unsent += 1
+            return
+        try:
+            bulk_samples_action.apply_async(
+                args=(action, chunk, actor_id, reason),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception:
+            logger.exception("could not queue %d samples for %s", len(chunk), action)
+            outcome.unsent += 1
+        else:
+            outcome.sent += 1
+
+    def plan(chunk: list[int]) -> None:
+        outcome.chunks += 1
+        outcome.count += len(chunk)
+        transaction.on_commit(partial(send, chunk))
+
+    chunk: list[int] = []
+    for pk in ordered.iterator(chunk_size=BULK_CHUNK):
+        chunk.append(pk)
+        if len(chunk) == BULK_CHUNK:
+            plan(chunk)
+            chunk = []
+    if chunk:
+        plan(chunk)
+    return outcome
+
+
+# Building a set's selections: prompts in id order, for at most this long per task, which then
+# queues itself for the rest.
+BUILD_BUDGET_S = 240
+
+
+@shared_task(
+    name="scoring.build_set_selections",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=540,
+    time_limit=600,
+)
+def build_set_selections(prompt_set_id: int, after_prompt_id: int = 0) -> int:
+    """Rebuilds the selections of the set's prompts that have samples (as `manage.py
+    build_selections --set` does, via `rebuild_selections`, which scores rewards first when
+    reward models are configured), from the prompt after `after_prompt_id` on. Safe to run
+    twice: a prompt's selections are replaced. Returns how many prompts it rebuilt."""
+    from django.db.models import Exists, OuterRef
+
+    from scoring.models import Prompt
+
+    deadline = time.monotonic() + BUILD_BUDGET_S
+    prompts = (
+        Prompt.objects.filter(prompt_set_id=prompt_set_id, pk__gt=after_prompt_id)
+        .filter(Exists(Sample.objects.filter(prompt=OuterRef("pk"))))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    done = 0
+    for prompt_id in prompts.iterator(chunk_size=500):
+        if time.monotonic() > deadline:
+            build_set_selections.apply_async(
+                (prompt_set_id, prompt_id - 1), retry=True, retry_policy=PUBLISH_RETRY_POLICY
+            )
+            break
+        rebuild_selections(prompt_id)
+        done += 1
+    return done
+
+
+def queue_set_selections(prompt_set_ids: Sequence[int]) -> int:
+    """Queues `build_set_selections` for each set once the caller's transaction commits;
+    returns how many were sent (when not in a transaction) or will be."""
+    for set_id in prompt_set_ids:
+        transaction.on_commit(
+            partial(
+                build_set_selections.apply_async,
+                (set_id, 0),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        )
+    return len(prompt_set_ids)
+
+
+@shared_task(
+    name="scoring.import_prompt_file",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=3000,
+    time_limit=3300,
+)
+def import_prompt_file(
+    path: str,
+    prompt_set_id: int,
+    actor_id: int | None = None,
+    skip_invalid: bool = False,
+    field_map: dict[str, str] | None = None,
+    file_name: str = "",
+    new_set: bool = False,
+) -> dict[str, Any]:
+    """Imports a prompt file the admin stored under VAR_DIR/uploads (too large to import
+    inside the request), keeps the report in the audit trail, and removes the file. Safe to
+    run twice: an import drops the prompts already in the set, and a file already gone (the
+    first run finished) imports nothing."""
+    from pathlib import Path
+
+    from django.contrib.auth import get_user_model
+
+    from scoring.services import import_from_file
+
+    file = Path(path)
+    if not file.exists():
+        logger.info("prompt file %s is gone (imported already); nothing to do", path)
+        return {"result": "gone"}
+    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
+    outcome = import_from_file(
+        prompt_set_id=prompt_set_id,
+        path=str(file),
+        by=actor,
+        skip_invalid=skip_invalid,
+        field_map=field_map or {},
+        file_name=file_name or file.name,
+        new_set=new_set,
+    )
+    file.unlink(missing_ok=True)
+    return outcome.summary()

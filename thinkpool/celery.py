@@ -22,11 +22,20 @@ app.conf.task_queues = [
 ]
 app.conf.beat_schedule = {
     "expire-overdue-leases": {"task": "contributors.expire_overdue_leases", "schedule": 30.0},
+    # Bounties (contributors.services.bounties): data bounties are recounted on commit of every
+    # change of disclosed verdicts; this catches up with the rest (bans, quarantines, a lost
+    # message). Deadlines are checked every minute.
+    "refresh-bounties": {"task": "contributors.refresh_bounties", "schedule": 300.0},
+    "expire-bounties": {"task": "contributors.expire_bounties", "schedule": 60.0},
     # Also publishes the scoring outbox's messages that never reached the broker (after a
     # minute: a broker outage, or a web process killed between commit and publish, costs a
     # minute or two, not SWEEP_AFTER_S) and re-queues samples whose transient verifier error
     # is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
+    # Credit (contributors.services.credit): the leaderboard's rows every minute; and closed
+    # prompts whose samples changed status lately are settled again (a lost message).
+    "refresh-leaderboard": {"task": "contributors.refresh_leaderboard", "schedule": 60.0},
+    "sweep-credit": {"task": "contributors.sweep_credit", "schedule": 600.0},
 }
 app.autodiscover_tasks(["contributors", "scoring"])
 

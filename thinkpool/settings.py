@@ -448,6 +448,17 @@ THINKPOOL_RELEASE: dict[str, Any] = {
     "stale_after_s": env_int("THINKPOOL_RELEASE_STALE_AFTER_S", 4 * 3600, minimum=60),
 }
 
+# Contributors' credit (contributors/services/credit.py, shown on the leaderboard page): per
+# closed prompt, points_per_sample * difficulty * min(verified samples, cap_per_prompt).
+THINKPOOL_CREDIT = {
+    "points_per_sample": env_int("THINKPOOL_CREDIT_POINTS_PER_SAMPLE", 10, minimum=1),
+    "cap_per_prompt": env_int("THINKPOOL_CREDIT_CAP_PER_PROMPT", 4, minimum=1),
+}
+
+# The admin's bulk actions (scoring/admin.py): more samples than this are done by tasks on the
+# `maintenance` queue, in chunks, instead of inside the request.
+THINKPOOL_ADMIN_SYNC_LIMIT = env_int("THINKPOOL_ADMIN_SYNC_LIMIT", 500, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

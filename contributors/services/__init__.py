@@ -8,7 +8,13 @@
 - uploads: storing samples and counting them
 """
 
-from contributors.services.accounts import ensure_profile, issue_token, revoke_token
+from contributors.services.accounts import (
+    ensure_profile,
+    issue_token,
+    revoke_token,
+    sign_up,
+    update_profile,
+)
 from contributors.services.errors import ServiceError
 from contributors.services.leasing import create_lease, expire_overdue_leases, release_lease
 from contributors.services.nodes import delete_node, heartbeat, register_node
@@ -28,4 +34,6 @@ __all__ = [
     "register_node",
     "release_lease",
     "revoke_token",
+    "sign_up",
+    "update_profile",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +31,7 @@ from contributors.models import (
 from contributors.services import bulk, ledger, model_policy
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
-from scoring import counters, stats
+from scoring import counters, progress, stats
 from scoring.dedup import normalised_hash
 from scoring.models import Prompt, Sample
 from scoring.tasks import enqueue_on_commit, runs_code
@@ -373,8 +373,11 @@ def ingest_samples(
         ],
     )
     bulk.set_columns(LeaseItem, ["received"], [(i.pk, i.received) for i in touched_items])
-    _count(profile, stored=len(created), filled=filled)
+    _count(profile, created=created, filled=filled)
     stats.samples_stored((s.prompt_id, s.model) for s in created)
+    progress.samples_stored(
+        (prompts[s.prompt_id].prompt_set_id, s.model, s.temperature) for s in created
+    )
     if (
         lease is not None
         and lease.state == LeaseState.LIVE
@@ -400,10 +403,14 @@ def ingest_samples(
     return result
 
 
-def _count(profile: Profile, *, stored: int, filled: int) -> None:
-    """The public counters (scoring.counters): samples, slots filled, and contributors at
-    their first sample. The profile is locked, so `first_sample_at` is set once."""
-    deltas = {counters.SAMPLES: stored, counters.SLOTS_FILLED: filled}
+def _count(profile: Profile, *, created: list[Sample], filled: int) -> None:
+    """The public counters (scoring.counters): samples (in all and per day stored), slots
+    filled, and contributors at their first sample. The profile is locked, so
+    `first_sample_at` is set once."""
+    deltas = {counters.SAMPLES: len(created), counters.SLOTS_FILLED: filled}
+    for sample in created:
+        name = counters.samples_on(sample.received_at.astimezone(UTC).date())
+        deltas[name] = deltas.get(name, 0) + 1
     if profile.first_sample_at is None:
         profile.first_sample_at = timezone.now()
         profile.save(update_fields=["first_sample_at"])

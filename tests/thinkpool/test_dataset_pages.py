@@ -1,0 +1,433 @@
+"""The public dataset pages (thinkpool/web/dataset.py): home, prompt sets, the sample explorer
+and releases. Exact numbers from the counters and SetProgress, a bounded number of queries
+whatever the number of samples, only published samples, and never the gold."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from contributors.models import Profile
+from scoring import counters, progress
+from scoring.models import (
+    Prompt,
+    PromptSet,
+    Release,
+    ReleasedPrompt,
+    Sample,
+    SampleStatus,
+    Verdict,
+)
+from tests.factories import PromptFactory, PromptSetFactory, UserFactory
+from thinkpool.web import dataset
+
+pytestmark = pytest.mark.django_db
+
+GOLD = "SECRET-GOLD-42"
+XSS = (
+    '<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=1"> '
+    '"><svg onload=alert(1)>'
+)
+MATH_XSS = r"$\text{<img src=x onerror=window.__pwned=1>}$"
+
+
+@dataclass
+class World:
+    arith: PromptSet
+    snippets: PromptSet
+    prompts: dict[str, Prompt]
+    samples: dict[str, Sample]
+    releases: dict[str, Release]
+
+
+def _sample(prompt: Prompt, user: Any, status: str, **fields: Any) -> Sample:
+    return Sample.objects.create(
+        prompt=prompt,
+        contributor=user,
+        model=fields.pop("model", "org/model-a"),
+        temperature=0.6,
+        completion=fields.pop("completion", "The answer is $x^2$, so \\boxed{4}."),
+        finish_reason="stop",
+        status=status,
+        **fields,
+    )
+
+
+def _release(repo: str, version: int, *, target: str = "hub", **fields: Any) -> Release:
+    return Release.objects.create(target=target, repo_id=repo, version=version, **fields)
+
+
+def build_world() -> World:
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    Profile.objects.filter(user=bob).update(public_attribution=False)
+    arith = PromptSetFactory(
+        name="arith",
+        domain="math",
+        license="MIT",
+        samples_per_prompt=2,
+        temperatures=[0.6],
+        models_allowed=["org/model-a", "org/*"],
+        description="Sums <b>bold</b> & more",
+        source='https://example.org/a?b=1&c="><script>x</script>',
+    )
+    snippets = PromptSetFactory(name="snippets", domain="code", license="Apache-2.0")
+    prompts = {
+        name: PromptFactory(
+            prompt_set=arith, messages=[{"role": "user", "content": f"What is {name}? $1+1$"}]
+        )
+        for name in ("pub1", "pub2", "closed", "open")
+    }
+    prompts["snip"] = PromptFactory(prompt_set=snippets)
+    now = timezone.now()
+    Prompt.objects.exclude(pk=prompts["open"].pk).update(closed_at=now)
+    samples = {
+        "s1": _sample(
+            prompts["pub1"],
+            alice,
+            SampleStatus.VERIFIED,
+            reasoning=f"Think {XSS} then {MATH_XSS} and $$\\frac{{a}}{{b}}$$",
+            completion=f"{XSS} Final: $x^2$",
+        ),
+        "s2": _sample(prompts["pub1"], bob, SampleStatus.REJECTED),
+        "s3": _sample(prompts["pub2"], alice, SampleStatus.VERIFIED, quarantined=True),
+        "s4": _sample(prompts["pub2"], alice, SampleStatus.ERROR),
+        "s5": _sample(prompts["closed"], alice, SampleStatus.VERIFIED),
+        "s6": _sample(prompts["open"], alice, SampleStatus.VERIFIED),
+        "s7": _sample(prompts["pub2"], bob, SampleStatus.VERIFIED, model="org/model-b"),
+        "s8": _sample(prompts["snip"], alice, SampleStatus.VERIFIED),
+    }
+    Verdict.objects.create(
+        sample=samples["s1"],
+        verifier="math",
+        version=3,
+        status="pass",
+        score=0.75,
+        details={"expected": GOLD},
+    )
+    Verdict.objects.create(sample=samples["s1"], verifier="format", version=1, status="pass")
+    releases = {
+        "v1": _release(
+            "org/data",
+            1,
+            state="published",
+            published_at=now - timedelta(days=10),
+            row_counts={"raw": 3, "sft": 1},
+        ),
+        "v2": _release(
+            "org/data",
+            2,
+            state="published",
+            published_at=now - timedelta(days=1),
+            row_counts={"raw": 4, "rl": 1, "sft": 2, "preference": 1},
+        ),
+        "local": _release(
+            "local/data",
+            1,
+            target="local",
+            location="/srv/secret-folder/data",
+            state="published",
+            published_at=now - timedelta(days=5),
+        ),
+        "pending": _release("org/data", 3, state="pending"),
+    }
+    for key in ("pub1", "pub2", "snip"):
+        ReleasedPrompt.objects.create(
+            target="hub", repo_id="org/data", prompt=prompts[key], version=1
+        )
+    counters.recompute()
+    progress.recompute()
+    cache.clear()
+    return World(arith, snippets, prompts, samples, releases)
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world()
+
+
+def get(client: Any, url: str, status: int = 200) -> str:
+    response = client.get(url)
+    assert response.status_code == status, (url, response.status_code)
+    text = response.content.decode()
+    assert GOLD not in text
+    return text
+
+
+def squash(html: str) -> str:
+    """The page with runs of white space made one space, and none between tags."""
+    return re.sub(r">\s+<", "><", " ".join(html.split()))
+
+
+# --- home ------------------------------------------------------------------------------------
+
+
+def test_home_shows_exact_totals_progress_pass_rates_and_the_latest_release(client, world):
+    html = squash(get(client, "/"))
+    # Counters: 8 samples, 2 contributors, 5 verified (closed prompts), 5 prompts, 2 sets.
+    for row in (
+        "<th>Contributors</th><td>2</td>",
+        "<th>Samples</th><td>8</td>",
+        "<th>Verified</th><td>5</td>",
+        "<th>Prompts</th><td>5</td>",
+        "<th>Prompt sets</th><td>2</td>",
+    ):
+        assert row in html
+    assert "Slots filled" not in html
+    # arith: 2 models (org/model-a from the plan, org/model-b uploaded) x 4 prompts x 2.
+    assert (
+        '<progress max="16" value="4" aria-label="arith: 4 of 16 verified">25.0%</progress>' in html
+    )
+    assert "<strong>4</strong> / 16 verified (25.0%) · 1 rejected · 2 awaiting verdict" in html
+    assert "<strong>1</strong> / 2 verified (50.0%) · 0 rejected · 0 awaiting verdict" in html
+    # Pass rates over closed prompts: by model, by domain.
+    assert (
+        '<th scope="row">org/model-a</th><td class="num">4</td><td class="num">1</td>'
+        '<td class="num">80.0%</td>'
+    ) in html
+    assert (
+        '<th scope="row">org/model-b</th><td class="num">1</td><td class="num">0</td>'
+        '<td class="num">100.0%</td>'
+    ) in html
+    assert '<th scope="row">Math</th><td class="num">4</td>' in html
+    assert '<th scope="row">Code</th><td class="num">1</td>' in html
+    # The chart: 8 samples stored today, one bar per day for 30 days.
+    assert html.count('<rect class="bar"') == 30
+    assert "8 samples in the last 30 days; the busiest day had 8." in html
+    today = timezone.now().date().isoformat()
+    assert f"<title>{today}: 8 samples</title>" in html
+    # The latest published release (v2, not the pending v3) with its Hub link.
+    assert "org/data v2" in html and "v3" not in html
+    assert 'href="https://huggingface.co/datasets/org/data/tree/v2"' in html
+    # How to contribute.
+    assert f'<a href="{reverse("signup")}">Sign up</a> (or' in html
+    assert "thinkpool-worker run" in html
+
+
+def test_an_open_prompts_verdict_moves_nothing_on_the_home_page(client, world):
+    before = get(client, "/")
+    _sample(world.prompts["open"], UserFactory(), SampleStatus.REJECTED)
+    progress.recompute()
+    counters.recompute()
+    cache.clear()
+    after = get(client, "/")
+    assert "<th>Samples</th><td>9</td>" in after
+    # Verified, rejected and pass rates do not move; only "awaiting verdict" does.
+    assert "<th>Verified</th><td>5</td>" in before and "<th>Verified</th><td>5</td>" in after
+    assert "1 rejected · 3 awaiting verdict" in squash(after)
+
+
+def test_home_costs_a_bounded_number_of_queries_whatever_the_samples(client, world):
+    def measure() -> list[str]:
+        cache.clear()
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/").status_code == 200
+        return [q["sql"] for q in queries.captured_queries]
+
+    small = measure()
+    user = UserFactory()
+    Sample.objects.bulk_create(
+        [
+            Sample(
+                prompt=world.prompts["pub1"],
+                contributor=user,
+                model=f"org/m{k % 5}",
+                temperature=0.6,
+                completion="x",
+                finish_reason="stop",
+                status=SampleStatus.VERIFIED,
+            )
+            for k in range(200)
+        ]
+    )
+    progress.recompute()
+    counters.recompute()
+    large = measure()
+    assert len(small) == len(large) <= 8
+    assert not any('"scoring_sample"' in sql for sql in large)
+
+
+# --- prompt sets -----------------------------------------------------------------------------
+
+
+def test_sets_list_shows_each_sets_progress_and_escapes_its_text(client, world):
+    html = squash(get(client, "/sets/"))
+    assert '<a href="/sets/arith/">arith</a>' in html
+    assert "Math · licence MIT · 4 prompts · 2 models" in html
+    assert "Code · licence Apache-2.0 · 1 prompt · 1 model" in html
+    assert "Sums &lt;b&gt;bold&lt;/b&gt; &amp; more" in html
+    assert "<b>bold</b>" not in html and "<script>x</script>" not in html
+    assert 'href="https://example.org/a?b=1&amp;c=&quot;&gt;&lt;script&gt;x&lt;/script&gt;"' in html
+
+
+def test_a_set_page_shows_progress_per_model_and_temperature(
+    client, world, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(4):
+        html = squash(get(client, "/sets/arith/"))
+    assert "<h1>arith</h1>" in html
+    assert "2 samples per prompt, per model, at temperature 0.6: 8 per model" in html
+    assert "<dd>org/model-a, org/model-b</dd>" in html
+    # Per model: org/model-a 3 verified of 8, 1 rejected, 2 awaiting (an error, an open one).
+    assert (
+        '<th scope="row">org/model-a</th><td><progress max="8" value="3" '
+        'aria-label="org/model-a: 3 of 8 verified">37.5%</progress> 37.5%</td>'
+        '<td class="num">3</td><td class="num">8</td><td class="num">1</td>'
+        '<td class="num">2</td>'
+    ) in html
+    assert (
+        '<th scope="row">org/model-b</th><td><progress max="8" value="1" '
+        'aria-label="org/model-b: 1 of 8 verified">12.5%</progress> 12.5%</td>'
+    ) in html
+    # Per temperature: both models at 0.6.
+    assert (
+        '<th scope="row">0.6</th><td><progress max="16" value="4" '
+        'aria-label="0.6: 4 of 16 verified">25.0%</progress> 25.0%</td>'
+    ) in html
+    assert 'href="/samples/?set=arith"' in html
+
+
+def test_an_unknown_set_is_a_404(client, world):
+    get(client, "/sets/nope/", status=404)
+
+
+def test_a_set_made_since_the_cached_overview_is_found(client, world):
+    get(client, "/sets/")
+    PromptSetFactory(name="fresh")
+    assert "<h1>fresh</h1>" in get(client, "/sets/fresh/")
+
+
+# --- the sample explorer ---------------------------------------------------------------------
+
+
+def listed(html: str) -> list[int]:
+    return [int(pk) for pk in re.findall(r'href="/samples/(\d+)/"', html)]
+
+
+def test_only_published_samples_are_listed_newest_first(client, world):
+    s = world.samples
+    assert listed(get(client, "/samples/")) == [s["s8"].pk, s["s7"].pk, s["s2"].pk, s["s1"].pk]
+
+
+def test_the_explorer_filters_by_set_and_model(client, world):
+    s = world.samples
+    assert listed(get(client, "/samples/?set=snippets")) == [s["s8"].pk]
+    assert listed(get(client, "/samples/?set=arith&model=org/model-b")) == [s["s7"].pk]
+    assert listed(get(client, "/samples/?model=org/model-a")) == [
+        s["s8"].pk,
+        s["s2"].pk,
+        s["s1"].pk,
+    ]
+    assert listed(get(client, "/samples/?set=nope")) == []
+    assert listed(get(client, "/samples/?before=junk")) == listed(get(client, "/samples/"))
+
+
+def test_the_explorer_pages_by_id(client, world, monkeypatch):
+    monkeypatch.setattr(dataset, "SAMPLES_PAGE_SIZE", 2)
+    s = world.samples
+    first = get(client, "/samples/?model=org/model-a")
+    assert listed(first) == [s["s8"].pk, s["s2"].pk]
+    assert f'href="?model=org%2Fmodel-a&amp;before={s["s2"].pk}"' in first
+    second = get(client, f"/samples/?model=org/model-a&before={s['s2'].pk}")
+    assert listed(second) == [s["s1"].pk]
+    assert "Older samples" not in second and "Newest" in second
+
+
+def test_the_explorer_costs_a_bounded_number_of_queries(client, world):
+    def measure() -> int:
+        cache.clear()
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/samples/").status_code == 200
+        return len(queries.captured_queries)
+
+    small = measure()
+    Sample.objects.bulk_create(
+        [
+            Sample(
+                prompt=world.prompts["pub1"],
+                contributor=world.samples["s1"].contributor,
+                model="org/model-a",
+                temperature=0.6,
+                completion="x",
+                finish_reason="stop",
+                status=SampleStatus.REJECTED,
+            )
+            for _ in range(120)
+        ]
+    )
+    assert measure() == small <= 5
+
+
+def test_a_published_sample_shows_prompt_reasoning_answer_and_verdict_statuses(
+    client, world, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(5):
+        html = get(client, f"/samples/{world.samples['s1'].pk}/")
+    assert '<details class="reasoning">' in html and "<summary>Reasoning</summary>" in html
+    assert '<div class="sample-text">What is pub1? <math display="inline">' in html
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    assert "<script>window" not in html and "<img" not in html and "<svg" not in html
+    assert "&lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;" in html
+    # Math: rendered as MathML; the one with markup in \text stays escaped source.
+    assert '<math display="inline"><mrow><msup><mi>x</mi><mn>2</mn></msup></mrow></math>' in html
+    assert '<math display="block">' in html
+    assert r"$\text{&lt;img src=x onerror=window.__pwned=1&gt;}$" in html
+    # Verdict statuses, never their details or scores.
+    squashed = squash(html)
+    assert '<th scope="row">math</th><td class="num">3</td>' in squashed
+    assert "0.75" not in html and "expected" not in html
+    assert "<dd>alice</dd>" in squashed
+    assert "org/data v1" in html
+
+
+def test_an_anonymous_contributor_is_not_named(client, world):
+    html = squash(get(client, f"/samples/{world.samples['s2'].pk}/"))
+    assert "<dd>anonymous</dd>" in html and "bob" not in html
+
+
+@pytest.mark.parametrize("key", ["s3", "s4", "s5", "s6"])
+def test_unpublished_samples_are_404(client, world, key):
+    # s3 quarantined, s4 not settled (error), s5 closed but never released, s6 open.
+    get(client, f"/samples/{world.samples[key].pk}/", status=404)
+
+
+def test_a_missing_sample_is_404(client, world):
+    get(client, "/samples/999999/", status=404)
+
+
+# --- releases --------------------------------------------------------------------------------
+
+
+def test_releases_are_listed_newest_first_with_row_counts_and_links(client, world):
+    html = squash(get(client, "/releases/"))
+    assert html.index("org/data v2") < html.index("local/data v1") < html.index("org/data v1")
+    assert "org/data v3" not in html  # pending
+    assert (
+        '<tr><th scope="row">sft</th><td class="num">2</td></tr>'
+        '<tr><th scope="row">preference</th><td class="num">1</td></tr>'
+        '<tr><th scope="row">rl</th><td class="num">1</td></tr>'
+        '<tr><th scope="row">raw</th><td class="num">4</td></tr>'
+    ) in html
+    assert 'href="https://huggingface.co/datasets/org/data/tree/v2"' in html
+    assert 'href="https://huggingface.co/datasets/org/data/blob/v2/README.md"' in html
+    assert "/srv/secret-folder" not in html
+
+
+def test_staff_see_a_local_releases_folder(admin_client, world):
+    assert "/srv/secret-folder/data" in get(admin_client, "/releases/")
+
+
+def test_no_page_shows_the_gold(client, admin_client, world):
+    urls = ["/", "/sets/", "/sets/arith/", "/samples/", "/releases/"]
+    urls += [f"/samples/{world.samples[k].pk}/" for k in ("s1", "s2", "s7", "s8")]
+    for url in urls:
+        get(client, url)
+        get(admin_client, url)
