@@ -626,8 +626,8 @@ def fill_derived(url: str, samples: int) -> list[tuple[str, float]]:
     # Credit: credit.settle_all() settles every closed prompt through the ORM, 200 a
     # transaction (about 1,100 transactions at 1M samples: 2.5 minutes of a 2-core machine,
     # half the load), and dates every entry now, where a real ledger grew as prompts closed.
-    # The same formula in two statements (P * d * min(v, C), d = 1 - pass rate over the
-    # prompt's PromptModelStats), each entry dated at its prompt's close; then the project's
+    # The same formula in two statements (P * d * min(v, C), d = 1 - the mean of the
+    # contributors' own pass rates), each entry dated at its prompt's close; then the project's
     # settle_prompts on a sample of prompts must find nothing to settle (check_credit).
     from contributors.services import bounties, credit
 
@@ -684,16 +684,21 @@ def _credit_sql(conn: Any, t: dict[str, str], per_sample: int, cap: int) -> None
     """contributors.services.credit.settle_prompts over every closed prompt, in SQL: per
     (prompt, contributor), their counted samples (verified, not quarantined, not a duplicate)
     of the closed prompt, credited up to the cap, times the points per sample and the
-    prompt's difficulty (1 - verified / judged over its PromptModelStats, clamped to [0, 1];
-    nothing for a prompt with nothing judged); one ledger entry each, at the prompt's close."""
+    prompt's difficulty (1 - the mean of each contributor's own pass rate on it, over samples
+    that are judged, not quarantined, not duplicates, of contributors not banned; clamped to
+    [0, 1]; nothing for a prompt with nothing judged); one ledger entry each, at its close."""
     conn.execute(
         f'INSERT INTO "{t["prompt_credit"]}" (contributor_id, prompt_id, verified, points, '
         "settled_at) "
         f"SELECT x.contributor_id, x.prompt_id, least(count(*), {cap}), "
         f"{per_sample} * min(d.d) * least(count(*), {cap}), min(p.closed_at) "
         f'FROM "{t["sample"]}" x JOIN "{t["prompt"]}" p ON p.id = x.prompt_id '
-        "JOIN (SELECT prompt_id, least(1.0, greatest(0.0, 1.0 - sum(verified)::float8 / "
-        f'sum(judged))) AS d FROM "{t["stats"]}" GROUP BY prompt_id HAVING sum(judged) > 0) d '
+        "JOIN (SELECT prompt_id, least(1.0, greatest(0.0, 1.0 - avg(rate))) AS d FROM ("
+        "SELECT s.prompt_id, count(*) FILTER (WHERE s.status = 'verified')::float8 / count(*) "
+        f'AS rate FROM "{t["sample"]}" s LEFT JOIN "{t["profile"]}" pr '
+        "ON pr.user_id = s.contributor_id WHERE s.status IN ('verified', 'rejected') "
+        "AND NOT s.quarantined AND s.duplicate_of_id IS NULL AND NOT coalesce(pr.banned, false) "
+        "GROUP BY s.prompt_id, s.contributor_id) votes GROUP BY prompt_id) d "
         "ON d.prompt_id = x.prompt_id "
         "WHERE p.closed_at IS NOT NULL AND x.status = 'verified' AND NOT x.quarantined "
         "AND x.duplicate_of_id IS NULL GROUP BY x.contributor_id, x.prompt_id"

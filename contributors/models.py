@@ -141,6 +141,11 @@ class ComputeNode(models.Model):
     @property
     def status(self) -> str:
         """Derived from the last heartbeat, so it can never go stale in the table."""
+        return self.status_given(leasing=None)
+
+    def status_given(self, *, leasing: bool | None) -> str:
+        """The status, given whether the node holds a live lease (None: look it up), so a list
+        of nodes asks once for all of them."""
         if self.last_heartbeat is None:
             return NodeStatus.IDLE
         cfg = settings.THINKPOOL
@@ -149,9 +154,9 @@ class ComputeNode(models.Model):
         )
         if timezone.now() - self.last_heartbeat > lost_after:
             return NodeStatus.LOST
-        if self.leases.filter(state=LeaseState.LIVE).exists():
-            return NodeStatus.ACTIVE
-        return NodeStatus.IDLE
+        if leasing is None:
+            leasing = self.leases.filter(state=LeaseState.LIVE).exists()
+        return NodeStatus.ACTIVE if leasing else NodeStatus.IDLE
 
 
 class Slot(models.Model):

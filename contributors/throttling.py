@@ -163,3 +163,21 @@ class FailedAuthLimiter(SimpleRateThrottle):
                 self.cache.incr(self.key)
 
         cache_guard.call("the failed-authentication limit", incr, fallback=None)
+
+
+def allow(scope: str, key: str, *, limit: int, window_s: int) -> bool:
+    """Counts one more `scope` action by `key` (a client address, an email address) in the
+    current fixed window of `window_s` seconds; False once `limit` were counted in it. For the
+    site's forms that cost us something per use (a mail sent, an account made), which
+    django-axes (logins) and the API throttles do not cover. Fails open like every limit here."""
+    from django.core.cache import cache
+
+    window = int(time.time()) // window_s
+    name = f"thinkpool:limit:{scope}:{window}:{key}"
+
+    def count() -> int:
+        # add() makes the key with its expiry once; incr() is atomic on Redis and locmem.
+        cache.add(name, 0, timeout=window_s + 1)
+        return int(cache.incr(name))
+
+    return cache_guard.call(f"the {scope} limit", count, fallback=0) <= limit

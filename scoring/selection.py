@@ -40,6 +40,7 @@ from scoring.models import (
     Selection,
     SelectionKind,
 )
+from scoring.signals import disclosed_changed
 
 # The first key of the advisory locks rebuild_prompt takes (the second is the prompt id).
 REBUILD_LOCK_CLASS = 0x7470  # "tp"
@@ -184,9 +185,15 @@ def mark_duplicates(prompt: Prompt) -> int:
     ):
         wanted[pk] = index.add(pk, completion, reasoning=reasoning or None)
         current[pk] = duplicate_of
+    changed = False
     for pk, original in wanted.items():
         if current[pk] != original:
             Sample.objects.filter(pk=pk).update(duplicate_of_id=original)
+            changed = True
+    if changed and Prompt.objects.filter(pk=prompt.pk, closed_at__isnull=False).exists():
+        # A copy earns no credit and counts toward no bounty: what is built on a closed
+        # prompt's disclosed verdicts settles it again.
+        disclosed_changed.send(sender=Sample, prompt_ids=[prompt.pk])
     return sum(1 for original in wanted.values() if original is not None)
 
 

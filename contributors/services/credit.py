@@ -7,8 +7,10 @@ prompt p closed to collection and a contributor c:
     credit(c, p) = P * d(p) * min(v(c, p), C)
 
 * P = points_per_sample, C = cap_per_prompt;
-* d(p) = 1 - Σ verified / Σ judged over p's PromptModelStats rows (every model): the prompt's
-  difficulty. A prompt nobody has judged earns nothing;
+* d(p) = 1 - the mean, over the contributors who have judged samples of p, of each one's pass
+  rate on p (quarantined samples, duplicates and banned contributors left out): the prompt's
+  difficulty, one vote per contributor (see `difficulties`). A prompt nobody has judged earns
+  nothing;
 * v(c, p) = c's samples of p that are verified, not quarantined and not a duplicate.
 
 Only closed prompts count (DESIGN.md: verdicts are not an oracle). A prompt's samples are
@@ -51,7 +53,7 @@ from contributors.models import (
     Profile,
     PromptCredit,
 )
-from scoring.models import Prompt, PromptModelStats, Sample, SampleStatus
+from scoring.models import Prompt, Sample, SampleStatus
 from scoring.signals import disclosed_changed
 
 logger = logging.getLogger(__name__)
@@ -83,9 +85,9 @@ def cap_per_prompt() -> int:
     return int(settings.THINKPOOL_CREDIT["cap_per_prompt"])
 
 
-def difficulty(*, verified: int, judged: int) -> float | None:
-    """1 - pass rate over every model's judged samples; None when nothing was judged. Clamped
-    to [0, 1]: the counters move by deltas and a hand edit may push them out of range."""
+def difficulty(*, verified: float, judged: int) -> float | None:
+    """1 - verified / judged (here: the sum of the voters' pass rates over the number of
+    voters); None when nothing was judged. Clamped to [0, 1]."""
     if judged <= 0:
         return None
     return min(1.0, max(0.0, 1.0 - verified / judged))
@@ -106,15 +108,34 @@ def prompt_credit(*, difficulty: float | None, verified: int) -> tuple[int, floa
 
 
 def difficulties(prompt_ids: Sequence[int]) -> dict[int, float | None]:
-    """Each prompt's difficulty from its PromptModelStats rows (one grouped query)."""
+    """Each prompt's difficulty: 1 - its pass rate, where every contributor who has judged
+    samples of it casts one vote, their own pass rate on it (one grouped query).
+
+    Not the pass rate over all of its samples (PromptModelStats): wrong answers cost nothing to
+    make, so one account uploading a pile of junk would raise the difficulty, and with it the
+    credit of its partner's right answers. Here an account weighs as much as any other however
+    much it uploads, and only samples that could earn credit themselves vote: quarantined ones,
+    duplicates and banned contributors' samples do not. (Many accounts are still many votes:
+    that is the trust and quota work, not the formula's.)"""
     rows = (
-        PromptModelStats.objects.filter(prompt_id__in=prompt_ids)
+        Sample.objects.filter(
+            prompt_id__in=prompt_ids,
+            status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
+            quarantined=False,
+            duplicate_of__isnull=True,
+        )
+        .exclude(contributor__profile__banned=True)
         .order_by()
-        .values("prompt_id")
-        .annotate(v=Sum("verified"), j=Sum("judged"))
+        .values_list("prompt_id", "contributor_id")
+        .annotate(j=Count("pk"), v=Count("pk", filter=Q(status=SampleStatus.VERIFIED)))
     )
-    found = {r["prompt_id"]: difficulty(verified=r["v"] or 0, judged=r["j"] or 0) for r in rows}
-    return {pk: found.get(pk) for pk in prompt_ids}
+    votes: dict[int, list[float]] = {}
+    for prompt_id, _, judged, verified in rows:
+        votes.setdefault(prompt_id, []).append(verified / judged)
+    return {
+        pk: difficulty(verified=sum(votes[pk]), judged=len(votes[pk])) if pk in votes else None
+        for pk in prompt_ids
+    }
 
 
 def counted_samples() -> Q:

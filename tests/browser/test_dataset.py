@@ -72,7 +72,10 @@ def test_a_sample_full_of_markup_renders_as_visible_text(live_server, page):
     )
     page.goto(live_server.url + "/samples/")
     assert_inert(page)
-    assert page.get_by_text("<script>window.__pwned=1</script>", exact=False).count() >= 1
+    snippet = page.locator(
+        f"section[aria-labelledby='prompt-{world.prompts['pub1'].pk}'] p.snippet"
+    )
+    assert snippet.inner_text().startswith(f"{XSS} {MATH_XSS}"[:80])
 
     page.goto(f"{live_server.url}/samples/{world.samples['s1'].pk}/")
     assert_inert(page)
@@ -88,3 +91,26 @@ def test_a_sample_full_of_markup_renders_as_visible_text(live_server, page):
     # $$\frac{a}{b}$$ in the reasoning and $x^2$ in the answer; the rest stays source.
     assert page.locator("main math").count() == 2
     assert_inert(page)
+
+
+def test_the_explorer_groups_samples_by_prompt_and_pages(live_server, page):
+    world = build_world()
+    p, s = world.prompts, world.samples
+    page.goto(live_server.url + "/samples/")
+    headings = page.locator("section.explorer-prompt h2").all_inner_texts()
+    assert headings == [
+        f"Prompt {p['snip'].pk} in snippets",
+        f"Prompt {p['pub2'].pk} in arith",
+        f"Prompt {p['pub1'].pk} in arith",
+    ]
+    group = page.get_by_role("region", name=f"Samples of prompt {p['pub1'].pk}")
+    assert group.get_by_role("link").all_inner_texts() == [f"#{s['s1'].pk}", f"#{s['s2'].pk}"]
+    page.get_by_label("Model").select_option("org/model-b")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_load_state()
+    assert page.locator("section.explorer-prompt h2").all_inner_texts() == [
+        f"Prompt {p['pub2'].pk} in arith"
+    ]
+    page.get_by_role("link", name=f"#{s['s7'].pk}").click()
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == f"Sample {s['s7'].pk}"

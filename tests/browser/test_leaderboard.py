@@ -41,7 +41,7 @@ PLAN: dict[str, list[tuple[str, str, int, bool]]] = {
         ("dave", V, 1, False),
         ("alice", R, 3, False),
     ],
-    "old": [("carol", V, 2, False), ("dave", R, 6, False)],
+    "old": [("carol", V, 4, False), ("dave", R, 6, False)],
     "p4": [
         ("dave", V, 2, False),
         ("dave", V, 1, True),
@@ -55,7 +55,8 @@ CLOSED = ("p1", "p2", "old", "p4")
 
 def expected(prompts: tuple[str, ...]) -> dict[str, tuple[float, int]]:
     """Points and verified samples credited per person, from PLAN and the formula as the page
-    states it: P * (1 - sum verified / sum judged) * min(v, C), v without quarantined ones."""
+    states it: P * d * min(v, C), v without quarantined ones, d = 1 - the mean over the
+    people who judged samples of the prompt of each one's own pass rate (quarantined left out)."""
     p, cap = (
         settings.THINKPOOL_CREDIT["points_per_sample"],
         settings.THINKPOOL_CREDIT["cap_per_prompt"],
@@ -63,9 +64,13 @@ def expected(prompts: tuple[str, ...]) -> dict[str, tuple[float, int]]:
     totals = {who: (0.0, 0) for who in PEOPLE}
     for key in prompts:
         rows = PLAN[key]
-        judged = sum(n for _, _, n, _ in rows)
-        passed = sum(n for _, status, n, _ in rows if status == V)
-        difficulty = 1 - passed / judged
+        rates = []
+        for who in PEOPLE:
+            judged = sum(n for w, _, n, q in rows if w == who and not q)
+            passed = sum(n for w, s, n, q in rows if w == who and s == V and not q)
+            if judged:
+                rates.append(passed / judged)
+        difficulty = 1 - sum(rates) / len(rates)
         for who in PEOPLE:
             v = sum(n for w, s, n, q in rows if w == who and s == V and not q)
             points, verified = totals[who]

@@ -27,7 +27,7 @@ from contributors.models import (
 )
 from contributors.services import credit
 from scoring import pipeline, stats
-from scoring.models import Prompt, PromptModelStats, Sample, SampleStatus
+from scoring.models import Prompt, Sample, SampleStatus
 from scoring.services import close_prompts
 from scoring.verifiers import REGISTRY
 from scoring.verifiers.base import Outcome, Status
@@ -105,17 +105,21 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
 @pytest.mark.django_db
 def test_credit_is_points_times_difficulty_times_capped_verified_samples():
-    alice, bob, carol = UserFactory(), UserFactory(), UserFactory()
-    # 12 judged over two models, 6 of them verified: pass rate 1/2, difficulty 0.5.
+    alice, bob, carol, dave = UserFactory(), UserFactory(), UserFactory(), UserFactory()
+    # Four contributors judged, two of them right every time, two never: pass rate 1/2,
+    # difficulty 0.5 (one vote each, whatever their number of samples or their model).
     half = new_prompt()
     add_samples(half, alice, VERIFIED, 5)  # 5 verified: capped at 4
     add_samples(half, bob, VERIFIED, 1, model="org/other")
     add_samples(half, carol, REJECTED, 6, model="org/other")
-    # 4 judged, 1 verified: difficulty 0.75.
+    add_samples(half, dave, REJECTED, 1)
+    # One of four right: difficulty 0.75.
     hard = new_prompt()
     add_samples(hard, alice, VERIFIED, 1)
     add_samples(hard, bob, REJECTED, 3)
     add_samples(hard, bob, RECEIVED, 2)  # not judged: neither counted nor in the pass rate
+    add_samples(hard, carol, REJECTED, 1)
+    add_samples(hard, dave, REJECTED, 1)
     close(half, hard)
 
     assert credit.settle_prompts(prompt_ids=[half.pk, hard.pk]) == 3
@@ -133,19 +137,24 @@ def test_credit_is_points_times_difficulty_times_capped_verified_samples():
 
 
 @pytest.mark.django_db
-def test_difficulty_is_over_every_model_and_a_prompt_nobody_judged_earns_nothing():
-    alice = UserFactory()
+def test_difficulty_is_one_vote_per_contributor_and_junk_cannot_raise_it():
+    alice, bob, carol = UserFactory(), UserFactory(), UserFactory()
     prompt = new_prompt()
-    add_samples(prompt, alice, VERIFIED, 2, model="org/a")
+    add_samples(prompt, alice, VERIFIED, 2, model="org/a")  # votes 1
+    add_samples(prompt, bob, VERIFIED, 1, model="org/b")  # votes 1/4
+    add_samples(prompt, bob, REJECTED, 3, model="org/b")
+    # Junk that must not vote: quarantined samples, duplicates, a banned account's samples.
+    add_samples(prompt, carol, REJECTED, 20, quarantined=True)
+    original = add_samples(prompt, carol, VERIFIED, 1)[0]
+    add_samples(prompt, carol, REJECTED, 5, duplicate_of=original)
+    banned = UserFactory()
+    Profile.objects.filter(user=banned).update(banned=True)
+    add_samples(prompt, banned, REJECTED, 30)
     close(prompt)
-    # What the counters say, whatever the rows: 1 verified of 3 judged on one model, 1 of 5
-    # on another: pass rate 2/8, difficulty 0.75.
-    PromptModelStats.objects.filter(prompt=prompt).delete()
-    PromptModelStats.objects.create(prompt=prompt, model="org/a", samples=3, judged=3, verified=1)
-    PromptModelStats.objects.create(prompt=prompt, model="org/b", samples=5, judged=5, verified=1)
-    assert credit.difficulties([prompt.pk]) == {prompt.pk: 0.75}
+    # Votes: alice 1, bob 1/4, carol 1 (her one counted sample): difficulty 1 - 2.25 / 3.
+    assert credit.difficulties([prompt.pk]) == {prompt.pk: pytest.approx(0.25)}
     credit.settle_prompts(prompt_ids=[prompt.pk])
-    assert credit_of(alice, prompt) == (2, 15.0)
+    assert credit_of(alice, prompt) == (2, pytest.approx(5.0))
 
     unjudged = new_prompt()
     add_samples(unjudged, alice, RECEIVED, 3)
@@ -198,9 +207,9 @@ def test_quarantined_and_duplicate_samples_earn_nothing():
     add_samples(prompt, bob, VERIFIED, 1, quarantined=True)
     add_samples(prompt, bob, REJECTED, 3)
     close(prompt)
-    # 8 judged, 5 verified (the counters count every sample): difficulty 3/8.
+    # Neither votes on the difficulty either: alice 1 of 1, bob 0 of 3: difficulty 1/2.
     credit.settle_prompts(prompt_ids=[prompt.pk])
-    assert credit_of(alice, prompt) == (1, 10 * (1 - 5 / 8) * 1)
+    assert credit_of(alice, prompt) == (1, 10 * 0.5 * 1)
     assert credit_of(bob, prompt) is None
 
 
@@ -286,28 +295,31 @@ def test_settling_twice_writes_nothing_the_second_time():
 
 @pytest.mark.django_db
 def test_a_rescore_after_the_close_writes_the_difference(queued, monkeypatch):
-    alice, bob, carol = UserFactory(), UserFactory(), UserFactory()
+    alice, bob, carol, dave = UserFactory(), UserFactory(), UserFactory(), UserFactory()
     prompt = new_prompt()
     samples = [
         *add_samples(prompt, alice, RECEIVED, 2, completion=RIGHT),
         *add_samples(prompt, bob, RECEIVED, 1, completion=RIGHT),
     ]
-    wrong = Sample.objects.create(
-        prompt=prompt,
-        contributor=carol,
-        model="org/m",
-        temperature=0.6,
-        completion=WRONG,
-        finish_reason="stop",
-    )
-    for sample in [*samples, wrong]:
+    wrong = [
+        Sample.objects.create(
+            prompt=prompt,
+            contributor=user,
+            model="org/m",
+            temperature=0.6,
+            completion=f"{WRONG} ({user.pk})",
+            finish_reason="stop",
+        )
+        for user in (carol, dave)
+    ]
+    for sample in [*samples, *wrong]:
         assert pipeline.score_sample(sample_id=sample.pk) is True
     close_prompts(prompt_ids=[prompt.pk])
     assert queued == [[prompt.pk]]
     credit.settle_prompts(prompt_ids=[prompt.pk])
-    # 3 of 4 verified: difficulty 0.25.
-    assert credit_of(alice, prompt) == (2, 5.0)
-    assert credit_of(bob, prompt) == (1, 2.5)
+    # Two of four contributors right: difficulty 0.5.
+    assert credit_of(alice, prompt) == (2, 10.0)
+    assert credit_of(bob, prompt) == (1, 5.0)
 
     # A new math verifier judges bob's sample wrong: the pipeline sends disclosed_changed.
     monkeypatch.setattr(type(REGISTRY["math"]), "version", REGISTRY["math"].version + 1)
@@ -318,16 +330,16 @@ def test_a_rescore_after_the_close_writes_the_difference(queued, monkeypatch):
     # Twice: verified -> scoring (the rescore's claim), scoring -> rejected.
     assert queued == [[prompt.pk], [prompt.pk], [prompt.pk]]
     assert credit.settle_prompts(prompt_ids=queued[-1]) == 2
-    # 2 of 4 verified: difficulty 0.5. Alice's credit grows, bob's goes.
-    assert credit_of(alice, prompt) == (2, 10.0)
+    # One of four right: difficulty 0.75. Alice's credit grows, bob's goes.
+    assert credit_of(alice, prompt) == (2, 15.0)
     assert credit_of(bob, prompt) is None
     assert ledger(alice) == [
-        (CreditKind.SAMPLES, 2, 5.0, prompt.pk),
+        (CreditKind.SAMPLES, 2, 10.0, prompt.pk),
         (CreditKind.SAMPLES, 0, 5.0, prompt.pk),
     ]
     assert ledger(bob) == [
-        (CreditKind.SAMPLES, 1, 2.5, prompt.pk),
-        (CreditKind.SAMPLES, -1, -2.5, prompt.pk),
+        (CreditKind.SAMPLES, 1, 5.0, prompt.pk),
+        (CreditKind.SAMPLES, -1, -5.0, prompt.pk),
     ]
     assert credit.settle_prompts(prompt_ids=[prompt.pk]) == 0
 
@@ -630,3 +642,27 @@ def test_the_leaderboard_page_reads_the_precomputed_rows(
     # The ledger is never read for the board.
     CreditEntry.objects.all().delete()
     assert "13.35" in client.get(reverse("leaderboard"), {"period": "all"}).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_copy_flagged_after_the_close_is_settled_again(queued):
+    from scoring.selection import mark_duplicates
+
+    alice, mallory = UserFactory(), UserFactory()
+    prompt = new_prompt()
+    add_samples(prompt, alice, VERIFIED, 1)
+    add_samples(prompt, mallory, VERIFIED, 1)  # the same text: a copy of alice's
+    add_samples(prompt, UserFactory(), REJECTED, 1)
+    close(prompt)
+    queued.clear()
+    credit.settle_prompts(prompt_ids=[prompt.pk])
+    assert credit_of(mallory, prompt) is not None
+
+    assert mark_duplicates(prompt) == 1
+    assert queued == [[prompt.pk]]  # the flag moved: the prompt is settled again
+    credit.settle_prompts(prompt_ids=queued[-1])
+    assert credit_of(mallory, prompt) is None
+    assert credit_of(alice, prompt) == (1, 5.0)
+    # Flagging again changes nothing and asks for nothing.
+    assert mark_duplicates(prompt) == 1
+    assert queued == [[prompt.pk]]

@@ -650,6 +650,9 @@ def test_my_samples_are_paginated_fifty_to_a_page():
     assert second.count('<td class="reason">') == 1
     assert '<a href="?page=1" rel="prev">Previous</a>' in second
     assert client.get("/me/samples/?page=3").status_code == 404
+    # A page past any a person pages through is refused before the database is asked.
+    assert client.get("/me/samples/?page=2001").status_code == 404
+    assert client.get("/me/samples/?page=99999999999999999999").status_code == 404
     assert text(client.get("/me/samples/?page=abc")).count('<td class="reason">') == 50
     filtered = text(client.get("/me/samples/?status=awaiting_disclosure"))
     assert '<a href="?status=awaiting_disclosure&amp;page=2" rel="next">Next</a>' in filtered
@@ -659,3 +662,60 @@ def test_my_samples_with_none_yet():
     page = text(logged_in(UserFactory(username="alice")).get("/me/samples/"))
     assert "0 samples." in page
     assert "<table" not in page
+
+
+def test_password_reset_mails_one_address_at_most_three_times_an_hour(client):
+    from django.core import mail
+
+    UserFactory(username="victim", email="victim@example.org")
+    for _ in range(5):
+        response = client.post("/password-reset/", {"email": "Victim@example.org"})
+        # The same answer whether or not a mail went: the page never tells.
+        assert response.status_code == 302 and response["Location"] == "/password-reset/sent/"
+    assert len(mail.outbox) == 3
+    assert {m.to[0] for m in mail.outbox} == {"victim@example.org"}
+
+
+def test_sign_ups_from_one_address_are_limited(client, monkeypatch):
+    from django.contrib.auth import get_user_model
+
+    from thinkpool.web import account
+
+    monkeypatch.setattr(account, "SIGNUPS_PER_ADDRESS", 2)
+
+    def form(n: int) -> dict[str, str]:
+        return {
+            "username": f"user{n}",
+            "email": f"user{n}@example.org",
+            "password1": "correct horse battery staple 42",
+            "password2": "correct horse battery staple 42",
+            "handle": f"user{n}",
+            "hf_username": "",
+        }
+
+    for n in range(2):
+        assert client.post("/signup/", form(n)).status_code == 302
+        client.logout()
+    refused = client.post("/signup/", form(2))
+    assert refused.status_code == 429
+    assert "Too many accounts" in refused.content.decode()
+    assert not get_user_model().objects.filter(username="user2").exists()
+
+
+def test_the_nodes_page_costs_the_same_queries_for_one_node_or_thirty():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    user = UserFactory(username="alice")
+    client = logged_in(user)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/me/nodes/").status_code == 200
+        return len(captured)
+
+    NodeFactory(owner=user, name="box-0", last_heartbeat=timezone.now())
+    one = queries()
+    for n in range(1, 30):
+        NodeFactory(owner=user, name=f"box-{n}", last_heartbeat=timezone.now())
+    assert queries() == one

@@ -54,7 +54,7 @@ def _sample(prompt: Prompt, user: Any, status: str, **fields: Any) -> Sample:
         prompt=prompt,
         contributor=user,
         model=fields.pop("model", "org/model-a"),
-        temperature=0.6,
+        temperature=fields.pop("temperature", 0.6),
         completion=fields.pop("completion", "The answer is $x^2$, so \\boxed{4}."),
         finish_reason="stop",
         status=status,
@@ -312,58 +312,222 @@ def listed(html: str) -> list[int]:
     return [int(pk) for pk in re.findall(r'href="/samples/(\d+)/"', html)]
 
 
-def test_only_published_samples_are_listed_newest_first(client, world):
-    s = world.samples
-    assert listed(get(client, "/samples/")) == [s["s8"].pk, s["s7"].pk, s["s2"].pk, s["s1"].pk]
+def explored(html: str) -> list[tuple[int, list[int]]]:
+    """The page's prompts in order, each with the ids of the samples it links to."""
+    sections = re.findall(
+        r'<section class="explorer-prompt" aria-labelledby="prompt-(\d+)">(.*?)</section>',
+        html,
+        re.S,
+    )
+    return [(int(pk), listed(body)) for pk, body in sections]
+
+
+def released(prompt: Prompt, repo: str = "org/data", target: str = "hub") -> None:
+    ReleasedPrompt.objects.create(target=target, repo_id=repo, prompt=prompt, version=1)
+
+
+def test_the_explorer_lists_released_prompts_newest_first_with_their_published_samples(
+    client, world
+):
+    p, s = world.prompts, world.samples
+    # pub2's s3 is quarantined and s4 an error; "closed" (s5) was never released, "open" (s6)
+    # is open; snip and pub1 each have one published sample.
+    assert explored(get(client, "/samples/")) == [
+        (p["snip"].pk, [s["s8"].pk]),
+        (p["pub2"].pk, [s["s7"].pk]),
+        (p["pub1"].pk, [s["s1"].pk, s["s2"].pk]),
+    ]
+
+
+def test_the_explorer_leaves_out_what_is_not_published(client, world):
+    p, s = world.prompts, world.samples
+    banned, gone = UserFactory(username="banned"), UserFactory(username="gone")
+    Profile.objects.filter(user=banned).update(banned=True)
+    type(gone).objects.filter(pk=gone.pk).update(is_active=False)
+    hidden = [
+        _sample(p["pub1"], banned, SampleStatus.VERIFIED),
+        _sample(p["pub1"], gone, SampleStatus.VERIFIED),
+        _sample(p["pub1"], banned, SampleStatus.RECEIVED),
+        _sample(p["snip"], banned, SampleStatus.REJECTED, quarantined=True),
+    ]
+    # Released twice (to two repositories): listed once. Released with nothing published
+    # (an error, and a quarantined sample): not listed.
+    released(p["pub1"], "local/data", "local")
+    empty = PromptFactory(prompt_set=world.arith)
+    Prompt.objects.filter(pk=empty.pk).update(closed_at=timezone.now())
+    _sample(empty, world.samples["s1"].contributor, SampleStatus.ERROR)
+    _sample(empty, world.samples["s1"].contributor, SampleStatus.VERIFIED, quarantined=True)
+    released(empty)
+    html = get(client, "/samples/")
+    assert explored(html) == [
+        (p["snip"].pk, [s["s8"].pk]),
+        (p["pub2"].pk, [s["s7"].pk]),
+        (p["pub1"].pk, [s["s1"].pk, s["s2"].pk]),
+    ]
+    assert "and 1 more" not in html and "more</p>" not in html
+    for sample in hidden:
+        get(client, f"/samples/{sample.pk}/", status=404)
+
+
+def test_the_explorer_shows_each_samples_facts_and_escapes_the_prompt(client, world):
+    p, s = world.prompts, world.samples
+    Sample.objects.filter(pk=s["s1"].pk).update(completion_tokens=1234, temperature=0.8)
+    long_text = f"{XSS} " + "x" * 400
+    Prompt.objects.filter(pk=p["pub1"].pk).update(messages=[{"role": "user", "content": long_text}])
+    html = squash(get(client, "/samples/"))
+    pk = p["pub1"].pk
+    assert (
+        f'<h2 id="prompt-{pk}">Prompt {pk} <span class="muted">in <a href="/sets/arith/">arith</a>'
+        in html
+    )
+    escaped = (
+        "&lt;script&gt;window.__pwned=1&lt;/script&gt; &lt;img src=x "
+        "onerror=&quot;window.__pwned=1&quot;&gt; &quot;&gt;&lt;svg onload=alert(1)&gt; "
+    )
+    assert f'<p class="snippet">{escaped}{"x" * (299 - len(XSS) - 1)}…</p>' in html
+    assert "<script>window" not in html and "<img" not in html and "<svg" not in html
+    # s2 (0.6) before s1 (0.8): by model, then temperature, then id.
+    assert (
+        f'<tr><th scope="row"><a href="/samples/{s["s2"].pk}/">#{s["s2"].pk}</a></th>'
+        '<td>org/model-a</td><td class="num">0.6</td>'
+        '<td><span class="badge rejected">rejected</span></td><td class="num">?</td></tr>'
+        f'<tr><th scope="row"><a href="/samples/{s["s1"].pk}/">#{s["s1"].pk}</a></th>'
+        '<td>org/model-a</td><td class="num">0.8</td>'
+        '<td><span class="badge verified">verified</span></td><td class="num">1234</td></tr>'
+    ) in html
 
 
 def test_the_explorer_filters_by_set_and_model(client, world):
-    s = world.samples
-    assert listed(get(client, "/samples/?set=snippets")) == [s["s8"].pk]
-    assert listed(get(client, "/samples/?set=arith&model=org/model-b")) == [s["s7"].pk]
-    assert listed(get(client, "/samples/?model=org/model-a")) == [
-        s["s8"].pk,
-        s["s2"].pk,
-        s["s1"].pk,
+    p, s = world.prompts, world.samples
+    assert explored(get(client, "/samples/?set=snippets")) == [(p["snip"].pk, [s["s8"].pk])]
+    assert explored(get(client, "/samples/?set=arith&model=org/model-b")) == [
+        (p["pub2"].pk, [s["s7"].pk])
     ]
-    assert listed(get(client, "/samples/?set=nope")) == []
-    assert listed(get(client, "/samples/?before=junk")) == listed(get(client, "/samples/"))
+    # pub2 has no published sample of model-a (s3 is quarantined, s4 an error).
+    assert explored(get(client, "/samples/?model=org/model-a")) == [
+        (p["snip"].pk, [s["s8"].pk]),
+        (p["pub1"].pk, [s["s1"].pk, s["s2"].pk]),
+    ]
+    html = get(client, "/samples/?set=nope")
+    assert explored(html) == [] and "No published samples match these filters." in html
+    html = get(client, "/samples/?model=org/nobody")
+    assert explored(html) == [] and "No published samples match these filters." in html
+    assert 'rel="next"' not in html
+    assert explored(get(client, "/samples/?before=junk")) == explored(get(client, "/samples/"))
 
 
-def test_the_explorer_pages_by_id(client, world, monkeypatch):
-    monkeypatch.setattr(dataset, "SAMPLES_PAGE_SIZE", 2)
-    s = world.samples
-    first = get(client, "/samples/?model=org/model-a")
-    assert listed(first) == [s["s8"].pk, s["s2"].pk]
-    assert f'href="?model=org%2Fmodel-a&amp;before={s["s2"].pk}"' in first
-    second = get(client, f"/samples/?model=org/model-a&before={s['s2'].pk}")
-    assert listed(second) == [s["s1"].pk]
-    assert "Older samples" not in second and "Newest" in second
+def test_the_explorer_pages_by_prompt_id(client, world, monkeypatch):
+    monkeypatch.setattr(dataset, "EXPLORER_PROMPTS", 2)
+    p, s = world.prompts, world.samples
+    first = get(client, "/samples/")
+    assert explored(first) == [(p["snip"].pk, [s["s8"].pk]), (p["pub2"].pk, [s["s7"].pk])]
+    assert f'<a href="?before={p["pub2"].pk}" rel="next">Older prompts</a>' in first
+    assert "Newest" not in first
+    second = get(client, f"/samples/?before={p['pub2'].pk}")
+    assert explored(second) == [(p["pub1"].pk, [s["s1"].pk, s["s2"].pk])]
+    assert 'rel="next"' not in second and '<a href="?">Newest</a>' in second
+    # The filters travel with the keyset; a page that reaches the end has no next link.
+    monkeypatch.setattr(dataset, "EXPLORER_PROMPTS", 1)
+    filtered = get(client, "/samples/?model=org/model-a")
+    assert explored(filtered) == [(p["snip"].pk, [s["s8"].pk])]
+    assert f'<a href="?model=org%2Fmodel-a&amp;before={p["snip"].pk}" rel="next">' in filtered
+    last = get(client, f"/samples/?model=org/model-a&before={p['snip'].pk}")
+    assert explored(last) == [(p["pub1"].pk, [s["s1"].pk, s["s2"].pk])]
+    assert '<a href="?model=org%2Fmodel-a">Newest</a>' in last and 'rel="next"' not in last
 
 
-def test_the_explorer_costs_a_bounded_number_of_queries(client, world):
-    def measure() -> int:
-        cache.clear()
-        with CaptureQueriesContext(connection) as queries:
-            assert client.get("/samples/").status_code == 200
-        return len(queries.captured_queries)
+def test_a_prompt_shows_its_first_samples_and_how_many_more(client, world, monkeypatch):
+    monkeypatch.setattr(dataset, "EXPLORER_SAMPLES", 3)
+    p, s = world.prompts, world.samples
+    alice = s["s1"].contributor
+    b1 = _sample(p["pub1"], alice, SampleStatus.VERIFIED, model="org/model-b")
+    a_cold = _sample(p["pub1"], alice, SampleStatus.REJECTED, temperature=0.2)
+    _sample(p["pub1"], alice, SampleStatus.VERIFIED, model="org/model-c")
+    _sample(p["pub1"], alice, SampleStatus.VERIFIED, quarantined=True)  # not counted
+    html = get(client, "/samples/")
+    assert explored(html)[-1] == (p["pub1"].pk, [a_cold.pk, s["s1"].pk, s["s2"].pk])
+    assert html.count('<p class="muted">and 2 more</p>') == 1
+    # The model filter narrows the samples (and the count) too.
+    html = get(client, "/samples/?model=org/model-b")
+    assert explored(html) == [(p["pub2"].pk, [s["s7"].pk]), (p["pub1"].pk, [b1.pk])]
+    assert "more</p>" not in html
 
-    small = measure()
-    Sample.objects.bulk_create(
-        [
-            Sample(
-                prompt=world.prompts["pub1"],
-                contributor=world.samples["s1"].contributor,
-                model="org/model-a",
-                temperature=0.6,
-                completion="x",
-                finish_reason="stop",
-                status=SampleStatus.REJECTED,
-            )
-            for _ in range(120)
+
+def test_a_request_looks_through_a_bounded_stretch_of_released_prompts(client, world, monkeypatch):
+    monkeypatch.setattr(dataset, "EXPLORER_SCAN", 1)
+    p, s = world.prompts, world.samples
+    # One released prompt a request: the newest (snip) is not in arith, so the first page is
+    # empty and says how far it looked; the link goes on from there.
+    html = get(client, "/samples/?set=arith")
+    assert explored(html) == []
+    assert f"among the released prompts down to prompt {p['snip'].pk}; older ones may" in html
+    assert f'href="?set=arith&amp;before={p["snip"].pk}" rel="next"' in html
+    html = get(client, f"/samples/?set=arith&before={p['snip'].pk}")
+    assert explored(html) == [(p["pub2"].pk, [s["s7"].pk])]
+    assert f"down to prompt {p['pub2'].pk}; older ones may match too" in html
+    assert f'href="?set=arith&amp;before={p["pub2"].pk}" rel="next"' in html
+    html = get(client, f"/samples/?set=arith&before={p['pub2'].pk}")
+    assert explored(html) == [(p["pub1"].pk, [s["s1"].pk, s["s2"].pk])]
+    assert 'rel="next"' in html  # one more stretch to look at (it is empty)
+    html = get(client, f"/samples/?set=arith&before={p['pub1'].pk}")
+    assert explored(html) == [] and 'rel="next"' not in html
+    assert "No published samples match these filters." in html
+
+
+def test_the_explorer_costs_the_same_queries_whatever_the_unpublished_samples(client, world):
+    p = world.prompts
+    alice = world.samples["s1"].contributor
+    urls = ["/samples/", "/samples/?model=org/model-a", "/samples/?set=arith"]
+
+    def measure() -> list[tuple[int, list[tuple[int, list[int]]]]]:
+        out = []
+        for url in urls:
+            get(client, url)  # the overview cached, as a visitor finds it
+            with CaptureQueriesContext(connection) as queries:
+                html = get(client, url)
+            out.append((len(queries.captured_queries), explored(html)))
+        return out
+
+    before = measure()
+    # The walk, the end of it (a short page: how far the scan reaches), the prompts, the samples.
+    assert [n for n, _ in before] == [4, 4, 4]
+    banned = UserFactory(username="banned")
+    Profile.objects.filter(user=banned).update(banned=True)
+    unpublished = [
+        Sample(
+            prompt=prompt,
+            contributor=user,
+            model="org/model-a",
+            temperature=0.6,
+            completion="x",
+            finish_reason="stop",
+            status=status,
+            quarantined=quarantined,
+        )
+        for prompt, user, status, quarantined in [
+            (p["open"], alice, SampleStatus.VERIFIED, False),
+            (p["closed"], alice, SampleStatus.VERIFIED, False),
+            (p["pub2"], alice, SampleStatus.VERIFIED, True),
+            (p["pub2"], alice, SampleStatus.SCORING, False),
+            (p["pub1"], banned, SampleStatus.VERIFIED, False),
         ]
-    )
-    assert measure() == small <= 5
+        for _ in range(60)
+    ]
+    Sample.objects.bulk_create(unpublished)
+    assert measure() == before
+
+
+def test_a_full_page_costs_three_queries(client, world):
+    alice = world.samples["s1"].contributor
+    for _ in range(dataset.EXPLORER_PROMPTS + 1):
+        prompt = PromptFactory(prompt_set=world.arith)
+        _sample(prompt, alice, SampleStatus.VERIFIED)
+        released(prompt)
+    get(client, "/samples/")
+    with CaptureQueriesContext(connection) as queries:
+        html = get(client, "/samples/")
+    assert len(queries.captured_queries) == 3
+    assert len(explored(html)) == dataset.EXPLORER_PROMPTS and 'rel="next"' in html
 
 
 def test_a_published_sample_shows_prompt_reasoning_answer_and_verdict_statuses(

@@ -9,24 +9,34 @@ or declaration, tags that do not nest, or a failed conversion shows the escaped 
 instead), attributes only from a list of presentational ones with plain values (others are
 dropped), and every text escaped. Nothing from the sample reaches the page unescaped.
 
-Bounded: each piece of math at most MAX_PIECE characters, at most MAX_PIECES pieces rendered
-per text (the rest stay escaped source), and the patterns never look further than that.
+Bounded: each piece of math at most MAX_PIECE characters; per text at most MAX_PIECES pieces
+and MAX_LATEX characters of LaTeX in all are rendered (the rest stay escaped source: a
+rendering costs up to tens of milliseconds for nested fractions, and the pages that use this
+are public), and the patterns never look further than that. The result is cached by the
+text's digest, so a page viewed again renders nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from html.parser import HTMLParser
 from typing import Any
 
 from django import template
+from django.core.cache import cache
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
+
+logger = logging.getLogger(__name__)
 
 register = template.Library()
 
 MAX_PIECE = 2000
-MAX_PIECES = 300
+MAX_PIECES = 100
+MAX_LATEX = 8000
+CACHE_S = 24 * 3600
 
 # Presentation MathML (MathML Core and the elements latex2mathml writes). No `annotation-xml`
 # (it can embed HTML), no `maction`, no `semantics`.
@@ -141,19 +151,39 @@ def to_mathml(latex: str, *, display: bool) -> SafeString | None:
 
 
 def render_math(text: Any) -> SafeString:
-    """The text escaped, with each piece of math in it rendered as sanitised MathML."""
+    """The text escaped, with each piece of math in it rendered as sanitised MathML (cached
+    by the text's digest; an unreachable cache costs the rendering, not the page)."""
     source = "" if text is None else str(text)
+    if "$" not in source and "\\" not in source:
+        return format_html("{}", source)
+    key = "thinkpool:math:" + hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        cached = cache.get(key)
+    except Exception:  # the cache backend's own errors (Redis down): render without it
+        cached = None
+    if cached is not None:
+        return mark_safe(cached)  # noqa: S308 - our own sanitised output, stored by us below
+    rendered = _render(source)
+    try:
+        cache.set(key, str(rendered), CACHE_S)
+    except Exception:
+        logger.warning("math rendering not cached (the cache is unreachable)")
+    return rendered
+
+
+def _render(source: str) -> SafeString:
     parts: list[SafeString | str] = []  # a str is escaped when joined, a SafeString is ours
     last = 0
-    rendered = 0
+    pieces = budget = 0
     for match in _MATH.finditer(source):
         parts.append(source[last : match.start()])
         last = match.end()
         markup = None
-        if rendered < MAX_PIECES:
-            display = match.lastgroup in ("dd", "db")
-            markup = to_mathml(match.group(match.lastgroup or "id"), display=display)
-            rendered += 1
+        latex = match.group(match.lastgroup or "id")
+        if pieces < MAX_PIECES and budget + len(latex) <= MAX_LATEX:
+            markup = to_mathml(latex, display=match.lastgroup in ("dd", "db"))
+            pieces += 1
+            budget += len(latex)
         parts.append(markup if markup is not None else match.group(0))
     parts.append(source[last:])
     return format_html_join("", "{}", ((part,) for part in parts))

@@ -7,6 +7,7 @@ and per-status numbers only over samples of closed prompts."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm, UsernameField
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.cache import never_cache
@@ -28,8 +29,11 @@ from contributors.services import ServiceError, ensure_profile, issue_token, rev
 from contributors.services import sign_up as sign_up_service
 from contributors.services import update_profile as update_profile_service
 from contributors.services.accounts import handle_problem, handle_taken, hf_username_problem
+from contributors.throttling import allow, client_address
 from scoring import disclosure
 from scoring.models import SampleStatus
+
+logger = logging.getLogger(__name__)
 
 SAMPLES_PAGE_SIZE = 50
 TOKENS_PAGE_SIZE = 50
@@ -152,6 +156,10 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        address = client_address(request) or "unknown"
+        if not allow("signup", address, limit=SIGNUPS_PER_ADDRESS, window_s=3600):
+            form.add_error(None, "Too many accounts were made from your address lately; try later.")
+            return render(request, PAGES + "signup.html", {"form": form}, status=429)
         try:
             user = sign_up_service(
                 username=data["username"],
@@ -266,6 +274,8 @@ def my_samples(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         status = form.cleaned_data["status"] or None
     number = _page_number(request.GET.get("page"))
+    if number > MAX_SAMPLES_PAGE:  # never an OFFSET past what a person pages through
+        raise Http404
     count, rows = selectors.sample_page(
         user=request.user, page=number, page_size=SAMPLES_PAGE_SIZE, status=status
     )
@@ -286,9 +296,36 @@ def my_samples(request: HttpRequest) -> HttpResponse:
     )
 
 
+# 50 a page: 100,000 samples deep. Farther needs a filter (status) or the API's `since`.
+MAX_SAMPLES_PAGE = 2000
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's, with limits: each request sends a mail, so a stranger could flood someone's
+    inbox (or ours) with them. Over a limit the page answers exactly as if the mail was sent
+    (it never says whether an address has an account) and sends nothing."""
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        address = client_address(self.request) or "unknown"
+        email = form.cleaned_data["email"].strip().lower()
+        if allow(
+            "password-reset-address", address, limit=RESETS_PER_ADDRESS, window_s=3600
+        ) and allow("password-reset-email", email, limit=RESETS_PER_EMAIL, window_s=3600):
+            return super().form_valid(form)
+        logger.warning("password reset refused: over the limit for %s / %s", address, email)
+        return HttpResponseRedirect(self.get_success_url())
+
+
+# Per hour: resets asked from one client address, and mails sent to one address.
+RESETS_PER_ADDRESS = 20
+RESETS_PER_EMAIL = 3
+# Per hour and client address: accounts made.
+SIGNUPS_PER_ADDRESS = 10
+
+
 def _page_number(value: str | None) -> int:
     try:
-        number = int(value or 1)
+        number = int(value or 1) if len(value or "") <= 9 else MAX_SAMPLES_PAGE + 1
     except ValueError:
         return 1
     return max(number, 1)
@@ -307,7 +344,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "password-reset/",
-        auth_views.PasswordResetView.as_view(
+        PasswordResetView.as_view(
             template_name=PAGES + "password_reset_form.html",
             email_template_name=PAGES + "password_reset_email.txt",
             subject_template_name=PAGES + "password_reset_subject.txt",

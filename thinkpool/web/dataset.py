@@ -20,7 +20,8 @@ from datetime import date
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
@@ -28,6 +29,8 @@ from django.urls import path
 from contributors.selectors import public_handles, public_stats
 from scoring import progress
 from scoring.models import (
+    Prompt,
+    PromptSet,
     Release,
     ReleasedPrompt,
     ReleaseState,
@@ -40,7 +43,6 @@ from scoring.verifiers.base import Candidate
 from scoring.verifiers.text import split_reasoning
 
 TEMPLATES = "thinkpool/dataset/"
-SAMPLES_PAGE_SIZE = 25
 RELEASES_SHOWN = 100
 HUB = "https://huggingface.co"
 
@@ -119,7 +121,8 @@ def published_releases() -> QuerySet[Release]:
 
 
 def published_samples() -> QuerySet[Sample]:
-    """Settled samples of prompts that a confirmed release has published."""
+    """Settled samples of prompts that a confirmed release has published: the one definition
+    of "published" (the explorer's page of prompts and the sample page both go through it)."""
     released = ReleasedPrompt.objects.filter(prompt_id=OuterRef("prompt_id"))
     return Sample.objects.filter(settled_q(), Exists(released))
 
@@ -129,6 +132,113 @@ def _int(value: str | None) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+# --- the sample explorer ----------------------------------------------------------------------
+#
+# Nothing indexes "published" on the samples table, so a page is never found by walking
+# samples (every unpublished sample, or every sample of another model, would be read first).
+# It is driven by ReleasedPrompt instead, down its prompt_id index: the next EXPLORER_PROMPTS
+# released prompts, newest prompt first, keyset `before=<prompt id>`, that have a published
+# sample (of the chosen model: an EXISTS on the (prompt, model, temperature) index) and, with a
+# set chosen, are in that set. A request looks at no more than EXPLORER_SCAN released prompts
+# below `before` (a range on that index): a selective filter can come back with a short page
+# or none, and a link to look further down. Then one query for those prompts' published
+# samples, at most EXPLORER_SAMPLES of each (model, temperature, id order), with their count.
+
+EXPLORER_PROMPTS = 10  # prompts a page
+EXPLORER_SAMPLES = 24  # samples shown of each prompt
+EXPLORER_SCAN = 2000  # released-prompt rows a request looks through, at most
+PROMPT_SNIPPET = 300  # characters of a prompt's text
+SAMPLE_ORDER = ["model", "temperature", "pk"]  # of a prompt's samples
+
+
+@dataclass(frozen=True)
+class ExplorerPrompt:
+    prompt: Prompt
+    samples: list[Sample]  # the first EXPLORER_SAMPLES, by model, temperature, id
+    more: int  # published samples of the prompt (of the chosen model) not shown
+
+
+@dataclass(frozen=True)
+class ExplorerPage:
+    prompts: list[ExplorerPrompt]
+    next_before: int | None  # the keyset of the next page, if there may be one
+    scanned_to: int | None  # a short page: looked through released prompts down to this id
+
+
+def _released_window(before: int | None) -> QuerySet[ReleasedPrompt]:
+    rows = ReleasedPrompt.objects.all()
+    return rows.filter(prompt_id__lt=before) if before is not None else rows
+
+
+def _scan_floor(before: int | None) -> Any:
+    """The prompt id of the EXPLORER_SCAN-th released row below `before` (a queryset, one
+    value or none): a request looks no further down than that."""
+    return (
+        _released_window(before)
+        .order_by("-prompt_id")
+        .values_list("prompt_id", flat=True)[EXPLORER_SCAN - 1 : EXPLORER_SCAN]
+    )
+
+
+def explorer_page(*, set_id: int | None, model: str, before: int | None) -> ExplorerPage:
+    """A page of the explorer: released prompts with published samples (see above)."""
+    has_samples = published_samples().filter(prompt_id=OuterRef("prompt_id"))
+    if model:
+        has_samples = has_samples.filter(model=model)
+    rows = _released_window(before).filter(
+        Exists(has_samples), prompt_id__gte=Coalesce(Subquery(_scan_floor(before)), 0)
+    )
+    if set_id is not None:
+        rows = rows.filter(prompt__prompt_set_id=set_id)
+    # A prompt released to several repositories has a row for each: dedupe here (a plain
+    # ordered walk of the index that stops at the limit, where DISTINCT may not stop).
+    limit = 3 * (EXPLORER_PROMPTS + 1)
+    found = list(rows.order_by("-prompt_id").values_list("prompt_id", flat=True)[:limit])
+    ids = list(dict.fromkeys(found))
+    page_ids = ids[:EXPLORER_PROMPTS]
+    next_before, scanned_to = None, None
+    if len(ids) > EXPLORER_PROMPTS or len(found) == limit:
+        next_before = page_ids[-1]  # more rows may follow (repeated prompts filled the limit)
+    else:
+        # Fewer than a page in the window: the walk reached the end, or the scan's limit.
+        floor = _scan_floor(before).first()
+        if floor is not None:
+            next_before = scanned_to = floor
+    if not page_ids:
+        return ExplorerPage([], next_before, scanned_to)
+
+    prompts = (
+        Prompt.objects.filter(pk__in=page_ids)
+        .select_related("prompt_set")
+        .only("pk", "messages", "prompt_set__name")
+        .in_bulk()
+    )
+    by_prompt = Window(RowNumber(), partition_by=[F("prompt_id")], order_by=SAMPLE_ORDER)
+    samples = published_samples().filter(prompt_id__in=page_ids)
+    if model:
+        samples = samples.filter(model=model)
+    shown = (
+        samples.annotate(rank=by_prompt, total=Window(Count("pk"), partition_by=[F("prompt_id")]))
+        .filter(rank__lte=EXPLORER_SAMPLES)
+        .only("pk", "prompt_id", "model", "temperature", "status", "completion_tokens")
+        .order_by("prompt_id", *SAMPLE_ORDER)
+    )
+    grouped: dict[int, list[Sample]] = {pk: [] for pk in page_ids}
+    totals: dict[int, int] = {}
+    for sample in shown:
+        grouped[sample.prompt_id].append(sample)
+        totals[sample.prompt_id] = sample.total
+    return ExplorerPage(
+        [
+            ExplorerPrompt(prompts[pk], grouped[pk], totals.get(pk, 0) - len(grouped[pk]))
+            for pk in page_ids
+            if pk in prompts
+        ],
+        next_before,
+        scanned_to,
+    )
 
 
 # --- views ----------------------------------------------------------------------------------
@@ -164,7 +274,9 @@ def sets(request: HttpRequest) -> HttpResponse:
 
 def set_detail(request: HttpRequest, name: str) -> HttpResponse:
     found = progress.overview().get(name)
-    if found is None:  # made since the cached overview: look once more, uncached
+    # Made since the cached overview: look once more, uncached; but only for a set that exists
+    # (one indexed lookup), so a request for any made-up name costs no recount.
+    if found is None and PromptSet.objects.filter(name=name).exists():
         found = progress.compute_overview().get(name)
     if found is None:
         raise Http404
@@ -172,44 +284,29 @@ def set_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def samples(request: HttpRequest) -> HttpResponse:
-    """Published samples, newest first, a page at a time by id (keyset: `before`)."""
+    """Released prompts, newest first, each with its published samples; a page at a time by
+    prompt id (keyset: `before`). See explorer_page."""
     overview = progress.overview()
     set_name = request.GET.get("set") or ""
     model = request.GET.get("model") or ""
     before = _int(request.GET.get("before"))
-    rows = published_samples()
     chosen_set = overview.get(set_name) if set_name else None
     if set_name and chosen_set is None:
-        rows = rows.none()
-    elif chosen_set is not None:
-        rows = rows.filter(prompt__prompt_set_id=chosen_set.id)
-    if model:
-        rows = rows.filter(model=model)
-    if before is not None:
-        rows = rows.filter(pk__lt=before)
-    page = list(
-        rows.select_related("prompt__prompt_set")
-        .only(
-            "pk",
-            "model",
-            "temperature",
-            "status",
-            "finish_reason",
-            "completion_tokens",
-            "received_at",
-            "prompt__messages",
-            "prompt__prompt_set__name",
+        page = ExplorerPage([], None, None)
+    else:
+        page = explorer_page(
+            set_id=chosen_set.id if chosen_set else None, model=model, before=before
         )
-        .order_by("-pk")[: SAMPLES_PAGE_SIZE + 1]
-    )
-    more = len(page) > SAMPLES_PAGE_SIZE
-    page = page[:SAMPLES_PAGE_SIZE]
     filters = {k: v for k, v in (("set", set_name), ("model", model)) if v}
+    next_url = None
+    if page.next_before is not None:
+        next_url = "?" + urlencode({**filters, "before": page.next_before})
     return render(
         request,
         TEMPLATES + "samples.html",
         {
-            "samples": page,
+            "page": page,
+            "snippet_length": PROMPT_SNIPPET,
             "set_names": [s.name for s in overview.sets],
             "models": [m for m, _ in overview.by_model],
             "chosen_set": set_name,
@@ -217,7 +314,7 @@ def samples(request: HttpRequest) -> HttpResponse:
             "filtered": bool(filters),
             "paged": before is not None,
             "first_url": "?" + urlencode(filters) if filters else "?",
-            "next_url": "?" + urlencode({**filters, "before": page[-1].pk}) if more else None,
+            "next_url": next_url,
         },
     )
 
