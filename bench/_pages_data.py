@@ -16,7 +16,8 @@ The shape (for N samples; the counts scale with N, the people and sets do not):
 * PromptModelStats, Counter, SetProgress, PromptCredit and the CreditEntry ledger,
   LeaderboardRow (week, month, all time), BOUNTIES bounties (data bounties on a set or a domain,
   some with a model filter; engineering ones) with progress, contributions, claims and awards,
-  and a few published releases.
+  and a few published releases, with the prompts each first published (ReleasedPrompt: every
+  prompt closed before the latest release, in the release after its close).
 
 The precomputed tables are filled by the project's own repair functions where one exists and is
 fast enough at this scale, else by SQL that computes the same thing (`how` in the steps says
@@ -115,6 +116,7 @@ def models() -> dict[str, Any]:
         "progress": "scoring.SetProgress",
         "counter": "scoring.Counter",
         "release": "scoring.Release",
+        "released": "scoring.ReleasedPrompt",
         "slot": "contributors.Slot",
         "frontier": "contributors.SlotFrontier",
         "bounty": "contributors.Bounty",
@@ -173,7 +175,7 @@ def load(url: str, samples: int) -> list[tuple[str, float]]:
         conn.execute("SET maintenance_work_mem = '512MB'")
         conn.execute("SET work_mem = '128MB'")
         conn.execute(U_FUNCTION)
-        big = ["prompt", "gold", "sample", "verdict", "slot"]
+        big = ["prompt", "gold", "sample", "verdict", "slot", "released"]
         saved = {t[k]: secondary_indexes(conn, t[k]) for k in big}
         for table, (constraints, plain) in saved.items():
             for name, _ in constraints:
@@ -476,6 +478,22 @@ def load(url: str, samples: int) -> list[tuple[str, float]]:
                 "",
             )
             conn.execute(sql, params)
+        # The prompts each release first published: those closed before it (an hour after its
+        # start), in the first release after their close (the sample explorer walks these).
+        published = [f"now() - interval '{days} days' + interval '1 hour'" for days in (75, 40, 9)]
+        run(
+            "released prompts",
+            *Columns(m["released"]).insert(
+                {
+                    "target": "'hub'",
+                    "repo_id": "'thinkpool/r1-reasoning-traces'",
+                    "prompt": "p.id",
+                    "version": f"CASE WHEN p.closed_at < {published[0]} THEN 1 "
+                    f"WHEN p.closed_at < {published[1]} THEN 2 ELSE 3 END",
+                },
+                f'FROM "{t["prompt"]}" p WHERE p.closed_at < {published[2]}',
+            ),
+        )
 
         t0 = time.perf_counter()
         for table, (constraints, plain) in saved.items():
@@ -589,6 +607,12 @@ def fill_derived(url: str, samples: int) -> list[tuple[str, float]]:
     steps: list[tuple[str, float]] = []
     m = models()
     t = {k: v._meta.db_table for k, v in m.items()}
+
+    # Statistics for the freshly loaded tables first: planned without them (the planner's
+    # defaults for tables never analysed), the credit statement below ran for over 12 minutes
+    # at 1M samples before it was stopped; with them its plan is hash aggregates and probes.
+    with psycopg.connect(url, autocommit=True) as conn:
+        _timed(steps, "analyze", lambda: conn.execute("ANALYZE"))
 
     # PromptModelStats: scoring.stats.recompute() upserts one row at a time through the ORM
     # (update_or_create: 2 queries each), about half a million rows at 1M samples, which takes

@@ -1,11 +1,16 @@
 """How fast are the public pages with a million samples? Server time p50 / p95 of home (`/`),
-the leaderboard (`/leaderboard/`), the bounty board (`/bounties/`) and a prompt-set page
-(`/sets/<name>/`, the largest set) over a database of --samples samples (default 1,000,000).
-Target (issue 11): p95 under 200 ms for each.
+the leaderboard (`/leaderboard/`), the bounty board (`/bounties/`), a prompt-set page
+(`/sets/<name>/`, the largest set), the sample explorer (`/samples/`: unfiltered, by model, and
+by the largest set, which is also the oldest: its released prompts are the lowest ids, so its
+first page is empty, with a link to look further; and by a model with no samples: the whole
+scan of EXPLORER_SCAN released prompts, the explorer's bound) and a published sample's page
+(`/samples/<id>/`) over a database of --samples samples (default 1,000,000). Target (issue
+11): p95 under 200 ms for each.
 
 The data (bench/_pages_data.py): 2,000 contributors with profiles, 5 prompt sets (math and
 code), --samples / 4 prompts (most closed), 8 models x 3 temperatures, verdicts mixed, slots,
-50 bounties, 3 published releases, and every precomputed table the pages read (counters,
+50 bounties, 3 published releases (and the prompts they published: every prompt closed before
+the latest), and every precomputed table the pages read (counters,
 SetProgress, PromptModelStats, PromptCredit and the CreditEntry ledger, LeaderboardRow, bounty
 progress), filled by the project's own repair functions where one exists and is fast enough
 at this scale, else by equivalent SQL; the load prints which.
@@ -20,8 +25,8 @@ stack, production settings: DEBUG off), anonymous. For each page: --warmup reque
 
 `queries` is the number of SQL queries of one uncached request (CaptureQueriesContext), and
 `slowest` the longest of them. --explain prints EXPLAIN (ANALYZE, BUFFERS) of the slowest
-query of each page. A page that still answers "todo" (its view is not built yet) or 404 is
-listed as such and not timed.
+query of each page (of the explorer's pages and the sample page: of every query). A page that
+still answers "todo" (its view is not built yet) or 404 is listed as such and not timed.
 
 Run it with PostgreSQL and Redis (throwaway ones, on spare ports):
 
@@ -165,12 +170,31 @@ def largest_set() -> str:
     return str(PromptSet.objects.get(pk=best).name)
 
 
+def published_sample() -> int | None:
+    """A published sample: the first one the explorer's first page shows."""
+    from thinkpool.web.dataset import explorer_page
+
+    page = explorer_page(set_id=None, model="", before=None)
+    return page.prompts[0].samples[0].pk if page.prompts else None
+
+
 def pages() -> list[tuple[str, str]]:
+    from urllib.parse import urlencode
+
+    from bench._pages_data import MODELS
+
+    sample = published_sample()
     return [
         ("home", "/"),
         ("leaderboard", "/leaderboard/"),
         ("bounty board", "/bounties/"),
         ("prompt set", f"/sets/{largest_set()}/"),
+        ("explorer", "/samples/"),
+        ("explorer model", "/samples/?" + urlencode({"model": MODELS[0][0]})),
+        ("explorer set", "/samples/?" + urlencode({"set": largest_set()})),
+        # No sample matches: the whole scan, a probe for each row (the explorer's bound).
+        ("explorer none", "/samples/?" + urlencode({"model": "no/such-model"})),
+        ("sample", f"/samples/{sample}/" if sample else "/samples/0/"),
     ]
 
 
@@ -225,12 +249,19 @@ def measure(name: str, path: str, requests: int, warmup: int) -> PageResult:
 
 
 def explain(result: PageResult) -> None:
+    """EXPLAIN ANALYZE the page's slowest query; of the explorer's pages (whose cost is the
+    point of them), every query of the request."""
+    if result.name.startswith("explorer") or result.name == "sample":
+        for k, q in enumerate(result.captured, 1):
+            explain_query(result, q, f"query {k} of {len(result.captured)}")
+    elif result.slowest is not None:
+        explain_query(result, result.slowest, "slowest query")
+
+
+def explain_query(result: PageResult, q: Query, which: str) -> None:
     from django.db import connection
 
-    q = result.slowest
-    if q is None:
-        return
-    print(f"\n--- {result.name} ({result.path}): slowest query, {q.ms:.1f} ms in one request ---")
+    print(f"\n--- {result.name} ({result.path}): {which}, {q.ms:.1f} ms in one request ---")
     with connection.cursor() as cursor:
         compose = getattr(connection.ops, "compose_sql", None)  # PostgreSQL's backend has it
         print(compose(q.sql, q.params) if compose and q.params else q.sql)
@@ -259,7 +290,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests first")
     parser.add_argument("--reuse", action="store_true", help="keep a database loaded with N")
     parser.add_argument(
-        "--explain", action="store_true", help="EXPLAIN ANALYZE the slowest query of each page"
+        "--explain",
+        action="store_true",
+        help="EXPLAIN ANALYZE the slowest query of each page (every query of the explorer's)",
     )
     parser.add_argument(
         "--queries", type=int, default=0, metavar="K", help="list each page's K slowest queries"
@@ -303,17 +336,17 @@ def report(results: list[PageResult], args: argparse.Namespace) -> None:
         f"{args.samples:,} samples, in-process (django.test.Client), ms:"
     )
     header = (
-        f"{'page':<13} {'path':<30} {'p50':>7} {'p95':>7} {'unc p50':>8} {'unc p95':>8} "
+        f"{'page':<14} {'path':<34} {'p50':>7} {'p95':>7} {'unc p50':>8} {'unc p95':>8} "
         f"{'queries':>8} {'bytes':>8}  slowest query"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         if r.state != "ok":
-            print(f"{r.name:<13} {r.path:<30} {r.state}")
+            print(f"{r.name:<14} {r.path:<34} {r.state}")
             continue
         print(
-            f"{r.name:<13} {r.path:<30} {pct(r.served, 0.5):7.1f} {pct(r.served, 0.95):7.1f} "
+            f"{r.name:<14} {r.path:<34} {pct(r.served, 0.5):7.1f} {pct(r.served, 0.95):7.1f} "
             f"{pct(r.uncached, 0.5):8.1f} {pct(r.uncached, 0.95):8.1f} "
             f"{f'{r.queries} ({r.cached_queries})':>8} {r.bytes:>8,}  "
             f"{r.slowest.ms if r.slowest else 0.0:.1f} ms"

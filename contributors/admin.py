@@ -250,11 +250,15 @@ class LeaseAdmin(admin.ModelAdmin):
 
     @admin.action(description="Release selected live leases (their slots go back to the pool)")
     def release(self, request: HttpRequest, queryset: QuerySet[Lease]) -> None:
-        released = 0
+        from scoring import audit
+
+        released = []
         for lease in queryset.filter(state=LeaseState.LIVE):
             services.release_lease(lease=lease)
-            released += 1
-        self.message_user(request, f"{released} leases released.", messages.SUCCESS)
+            released.append(lease.pk)
+        if released:
+            audit.record(actor=request.user, action="lease.release", model=Lease, ids=released)
+        self.message_user(request, f"{len(released)} leases released.", messages.SUCCESS)
 
 
 @admin.register(Slot)

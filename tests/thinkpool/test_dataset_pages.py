@@ -414,6 +414,9 @@ def test_the_explorer_filters_by_set_and_model(client, world):
     assert explored(html) == [] and "No published samples match these filters." in html
     assert 'rel="next"' not in html
     assert explored(get(client, "/samples/?before=junk")) == explored(get(client, "/samples/"))
+    huge = "/samples/?before=" + "9" * 30  # past any id (and any bigint): from the newest
+    assert explored(get(client, huge)) == explored(get(client, "/samples/"))
+    assert explored(get(client, "/samples/?before=-5")) == []
 
 
 def test_the_explorer_pages_by_prompt_id(client, world, monkeypatch):
@@ -455,23 +458,43 @@ def test_a_prompt_shows_its_first_samples_and_how_many_more(client, world, monke
 
 def test_a_request_looks_through_a_bounded_stretch_of_released_prompts(client, world, monkeypatch):
     monkeypatch.setattr(dataset, "EXPLORER_SCAN", 1)
+    p = world.prompts
+    # Every set: one released prompt a request, down ReleasedPrompt. A model nobody used: the
+    # newest (snip) does not match, the page is empty and says so; the link goes on from it.
+    html = get(client, "/samples/?model=no/such")
+    assert explored(html) == []
+    assert "among the 1 most recent prompts looked at; older ones may" in html
+    assert f'href="?model=no%2Fsuch&amp;before={p["snip"].pk}" rel="next"' in html
+
+
+def test_a_chosen_set_is_walked_down_its_own_prompts(client, world, monkeypatch):
+    monkeypatch.setattr(dataset, "EXPLORER_SCAN", 1)
     p, s = world.prompts, world.samples
-    # One released prompt a request: the newest (snip) is not in arith, so the first page is
-    # empty and says how far it looked; the link goes on from there.
+    seq = {name: Prompt.objects.get(pk=p[name].pk).seq for name in ("pub1", "pub2", "closed")}
+    # arith's prompts by seq, newest first: open and closed (neither released), pub2, pub1.
+    # One prompt of the set a request; the keyset is the seq; another set's newer prompts
+    # (snip) are never looked at.
     html = get(client, "/samples/?set=arith")
     assert explored(html) == []
-    assert f"among the released prompts down to prompt {p['snip'].pk}; older ones may" in html
-    assert f'href="?set=arith&amp;before={p["snip"].pk}" rel="next"' in html
-    html = get(client, f"/samples/?set=arith&before={p['snip'].pk}")
+    assert f'href="?set=arith&amp;before={seq["closed"] + 1}" rel="next"' in html
+    html = get(client, f"/samples/?set=arith&before={seq['closed'] + 1}")
+    assert explored(html) == []
+    html = get(client, f"/samples/?set=arith&before={seq['closed']}")
     assert explored(html) == [(p["pub2"].pk, [s["s7"].pk])]
-    assert f"down to prompt {p['pub2'].pk}; older ones may match too" in html
-    assert f'href="?set=arith&amp;before={p["pub2"].pk}" rel="next"' in html
-    html = get(client, f"/samples/?set=arith&before={p['pub2'].pk}")
+    assert "Looked through 1 prompts for this page; older ones may match too." in html
+    assert f'href="?set=arith&amp;before={seq["pub2"]}" rel="next"' in html
+    html = get(client, f"/samples/?set=arith&before={seq['pub2']}")
     assert explored(html) == [(p["pub1"].pk, [s["s1"].pk, s["s2"].pk])]
-    assert 'rel="next"' in html  # one more stretch to look at (it is empty)
-    html = get(client, f"/samples/?set=arith&before={p['pub1'].pk}")
+    html = get(client, f"/samples/?set=arith&before={seq['pub1']}")
     assert explored(html) == [] and 'rel="next"' not in html
     assert "No published samples match these filters." in html
+    # With a window wide enough, the whole set is one page, newest first.
+    monkeypatch.setattr(dataset, "EXPLORER_SCAN", 10_000)
+    html = get(client, "/samples/?set=arith")
+    assert explored(html) == [
+        (p["pub2"].pk, [s["s7"].pk]),
+        (p["pub1"].pk, [s["s1"].pk, s["s2"].pk]),
+    ]
 
 
 def test_the_explorer_costs_the_same_queries_whatever_the_unpublished_samples(client, world):
