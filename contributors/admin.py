@@ -204,12 +204,10 @@ class ComputeNodeAdmin(admin.ModelAdmin):
             services.delete_node(node=node)
 
 
-class LeaseItemInline(admin.TabularInline):
-    # Read-only: an item's counts are the slot ledger's (contributors.services.ledger).
-    model = LeaseItem
+class ReadOnlyInline(admin.TabularInline):
+    """Rows kept by the services (ledgers, claims, contributions): shown, never edited here."""
+
     extra = 0
-    fields = ("slot", "n", "received", "returned")
-    readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -219,6 +217,14 @@ class LeaseItemInline(admin.TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class LeaseItemInline(ReadOnlyInline):
+    # Read-only: an item's counts are the slot ledger's (contributors.services.ledger).
+    model = LeaseItem
+    extra = 0
+    fields = ("slot", "n", "received", "returned")
+    readonly_fields = fields
 
 
 @admin.register(Lease)
@@ -331,7 +337,7 @@ class BountyActionForm(ActionForm):
     reason = forms.CharField(label="Reason", required=False, max_length=500)
 
 
-class BountyClaimInline(admin.TabularInline):
+class BountyClaimInline(ReadOnlyInline):
     # Decided through BountyClaimAdmin's actions (audited), never edited here.
     model = BountyClaim
     extra = 0
@@ -339,32 +345,14 @@ class BountyClaimInline(admin.TabularInline):
     readonly_fields = fields
     show_change_link = True
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-class BountyContributionInline(admin.TabularInline):
+class BountyContributionInline(ReadOnlyInline):
     # Counted by contributors.services.bounties from verified samples of closed prompts.
     model = BountyContribution
     extra = 0
     fields = ("contributor", "verified")
     readonly_fields = fields
     ordering = ("-verified",)
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(Bounty)
