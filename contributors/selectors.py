@@ -5,17 +5,44 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.core.cache import cache
-from django.db.models import Count, F, Q
+from django.core.paginator import Paginator
+from django.db.models import Count, F, Max, Q, Sum
 from django.http import Http404
 from django.utils import timezone
 
-from contributors.models import ComputeNode, Lease, LeaseItem, LeaseState, Profile
+from contributors.models import (
+    BOUNTY_LIVE,
+    ApiToken,
+    Bounty,
+    BountyClaim,
+    BountyContribution,
+    BountyStatus,
+    ComputeNode,
+    CreditEntry,
+    CreditKind,
+    LeaderboardRow,
+    Lease,
+    LeaseItem,
+    LeaseState,
+    Period,
+    Profile,
+    SampleOrigin,
+)
+from contributors.services import credit
+from contributors.services.credit import LEADERBOARD_SIZE, PRECISION, period_start
 from scoring import counters, disclosure
-from scoring.models import Prompt, PromptModelStats, PromptSet, Sample, SampleStatus
+from scoring.models import (
+    AuditEntry,
+    Prompt,
+    PromptModelStats,
+    PromptSet,
+    Sample,
+    SampleStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +54,6 @@ HISTORY_PAGE_SIZE = 50
 
 def leaderboard_period(value: str | None) -> str:
     """A period from a query string: week, month or all; anything else is the week."""
-    from contributors.models import Period
-
     return value if value in Period.values else str(Period.WEEK)
 
 
@@ -36,8 +61,6 @@ def credit_formula() -> dict[str, Any]:
     """The live constants of the credit formula, for the page that shows it, with a worked
     example: one verified sample more than the cap, on a prompt that one sample in four
     passes (d = 0.75)."""
-    from contributors.services import credit
-
     cap = credit.cap_per_prompt()
     _, example = credit.prompt_credit(difficulty=0.75, verified=cap + 1)
     return {
@@ -51,11 +74,6 @@ def credit_formula() -> dict[str, Any]:
 def leaderboard(*, period: str) -> dict[str, Any]:
     """The precomputed board of a period (LeaderboardRow, at most LEADERBOARD_SIZE rows, by
     rank) and when it was computed (None before the first refresh). Never reads the ledger."""
-    from django.db.models import Max
-
-    from contributors.models import LeaderboardRow
-    from contributors.services.credit import LEADERBOARD_SIZE
-
     rows = list(
         LeaderboardRow.objects.filter(period=period)
         .order_by("rank")
@@ -70,8 +88,6 @@ def leaderboard(*, period: str) -> dict[str, Any]:
 
 def credit_ranks(*, user: Any) -> dict[str, int | None]:
     """The contributor's rank per period on the precomputed board (None: not in its top)."""
-    from contributors.models import LeaderboardRow, Period
-
     found = dict(LeaderboardRow.objects.filter(contributor=user).values_list("period", "rank"))
     return {period: found.get(period) for period in Period.values}
 
@@ -79,11 +95,6 @@ def credit_ranks(*, user: Any) -> dict[str, int | None]:
 def credit_totals(*, user: Any, now: datetime | None = None) -> dict[str, dict[str, Any]]:
     """The contributor's points and verified samples credited per period, summed from their
     own ledger entries (one aggregate over the (contributor, at) index)."""
-    from django.db.models import Sum
-
-    from contributors.models import CreditEntry, Period
-    from contributors.services.credit import PRECISION, period_start
-
     now = now or timezone.now()
     sums: dict[str, Any] = {}
     for period in Period.values:
@@ -104,10 +115,6 @@ def credit_totals(*, user: Any, now: datetime | None = None) -> dict[str, dict[s
 def credit_history(*, user: Any, page: int | str | None = 1) -> dict[str, Any]:
     """The contributor's credit: their ledger entries, newest first, HISTORY_PAGE_SIZE a page
     (a page out of range is the last one), their totals per period and their ranks."""
-    from django.core.paginator import Paginator
-
-    from contributors.models import CreditEntry
-
     entries = (
         CreditEntry.objects.filter(contributor=user)
         .select_related("bounty")
@@ -311,10 +318,6 @@ def bounty_board(*, user: Any, which: str = "open", page: Any = 1) -> dict[str, 
     """The bounty board: `open` (open or in progress, soonest deadline first), `mine` (the
     bounties the user claimed or contributed to; needs a login), `completed` (completed or
     awarded, newest first). Paginated. `needs_login`: `mine` was asked for by nobody."""
-    from django.core.paginator import Paginator
-
-    from contributors.models import BOUNTY_LIVE, Bounty, BountyStatus
-
     if which not in BOUNTY_FILTERS:
         which = "open"
     bounties = Bounty.objects.select_related("prompt_set")
@@ -344,14 +347,10 @@ def bounty_board(*, user: Any, which: str = "open", page: Any = 1) -> dict[str, 
 
 
 def _claimed_by(user: Any) -> Any:
-    from contributors.models import BountyClaim
-
     return BountyClaim.objects.filter(contributor_id=user.pk).values("bounty_id")
 
 
 def _contributed_by(user: Any) -> Any:
-    from contributors.models import BountyContribution
-
     return BountyContribution.objects.filter(contributor_id=user.pk).values("bounty_id")
 
 
@@ -385,18 +384,6 @@ def bounty_detail(*, bounty_id: int, user: Any) -> dict[str, Any]:
     """A bounty's page: the bounty, who contributed (verified samples toward it, share, points
     awarded), the claims, the viewer's own claim, and its history (status times and the audit
     trail's entries for it). At most BOUNTY_ROWS contributors and claims."""
-    from django.db.models import Sum
-
-    from contributors.models import (
-        Bounty,
-        BountyClaim,
-        BountyContribution,
-        BountyStatus,
-        CreditEntry,
-        CreditKind,
-    )
-    from scoring.models import AuditEntry
-
     bounty = Bounty.objects.select_related("prompt_set").filter(pk=bounty_id).first()
     if bounty is None:
         raise Http404
@@ -545,10 +532,6 @@ def node_overview(*, user: Any) -> list[dict[str, Any]]:
     serves, its throughput (samples uploaded in the last 24 hours, per hour) and its samples'
     counts as scoring.disclosure allows them: accepted (verified) and rejected only among
     samples of closed prompts, one `awaiting_disclosure` count for those of open prompts."""
-    from datetime import timedelta
-
-    from contributors.models import SampleOrigin
-
     since = timezone.now() - timedelta(hours=THROUGHPUT_WINDOW_H)
     nodes = list(ComputeNode.objects.filter(owner=user).order_by("name", "pk")[:NODES_SHOWN])
     ids = [node.pk for node in nodes]
@@ -601,18 +584,13 @@ def node_overview(*, user: Any) -> list[dict[str, Any]]:
     return rows
 
 
-# The imports of this section are local: this file's head belongs to others' edits.
 def user_tokens(*, user: Any) -> Any:
     """The caller's API tokens (a QuerySet of ApiToken), newest first; the page paginates."""
-    from contributors.models import ApiToken
-
     return ApiToken.objects.filter(user=user).order_by("-created_at", "-pk")
 
 
 def token_for(*, user: Any, token_id: int) -> Any:
     """The caller's ApiToken of that id; another contributor's is not found."""
-    from contributors.models import ApiToken
-
     token = ApiToken.objects.filter(pk=token_id, user=user).first()
     if token is None:
         raise Http404
