@@ -425,6 +425,21 @@ THINKPOOL_SELECTION: dict[str, Any] = {
 # Skywork/Skywork-Reward-V2-Qwen3-0.6B@1, scored on the `gpu` queue. Empty (the embedded
 # default): ranking by correctness and length alone.
 THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
+
+# Model attestation (scoring/attestation.py): does a sample look like the model, temperature and
+# top-p it claims? `models` maps a claimed model name to the local path or id that checks it (or
+# {"path": ..., "think": {"open": "<think>\n", "close": "\n</think>\n\n"}}); a claim not
+# listed is not attested. Thresholds calibrated on tiny models (tests/scoring/test_attestation.py):
+# pass when at most `max_outside` of the completion tokens fall outside the claimed top-p nucleus
+# and the Fast-DetectGPT-style z of their log-probabilities is at least `min_z`; fewer than
+# `min_tokens` scored tokens is inconclusive. `max_tokens`: completion tokens scored per sample.
+THINKPOOL_ATTESTATION: dict[str, Any] = {
+    "models": {},
+    "max_outside": env_float("THINKPOOL_ATTEST_MAX_OUTSIDE", 0.10, minimum=0.0, maximum=1.0),
+    "min_z": env_float("THINKPOOL_ATTEST_MIN_Z", -3.0, minimum=-1000.0, maximum=1000.0),
+    "min_tokens": env_int("THINKPOOL_ATTEST_MIN_TOKENS", 16, minimum=1),
+    "max_tokens": env_int("THINKPOOL_ATTEST_MAX_TOKENS", 4096, minimum=16),
+}
 THINKPOOL_DECONTAM_BENCHMARKS = env_list("THINKPOOL_DECONTAM_BENCHMARKS", [])
 THINKPOOL_DECONTAM_NGRAM = env_int("THINKPOOL_DECONTAM_NGRAM", 8, minimum=3, maximum=50)
 
