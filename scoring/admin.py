@@ -33,6 +33,8 @@ from scoring.models import (
     DEFAULT_INSTRUCTION,
     AuditEntry,
     Domain,
+    Flag,
+    FlagKind,
     PreferencePair,
     Prompt,
     PromptGold,
@@ -659,6 +661,7 @@ class SampleAdmin(admin.ModelAdmin):
         "shown_gold",
         "shown_rewards",
         "shown_selections",
+        "shown_flags",
         *(f.name for f in Sample._meta.concrete_fields if not f.primary_key),
     ]
     inlines = [VerdictInline]
@@ -752,6 +755,25 @@ class SampleAdmin(admin.ModelAdmin):
                 "",
                 "<p>{} under {} v{}, rank {}</p>",
                 ((s.kind, s.policy, s.policy_version, s.rank) for s in rows),
+            )
+            or "-"
+        )
+
+    @admin.display(description="open flags")
+    def shown_flags(self, obj: Sample) -> str:
+        rows = obj.flags.filter(cleared_at__isnull=True).order_by("kind")[:20]
+        return (
+            format_html_join(
+                "",
+                "<p><a href='{}'>{}</a>: <code>{}</code></p>",
+                (
+                    (
+                        reverse("admin:scoring_flag_change", args=[f.pk]),
+                        f.get_kind_display(),
+                        _evidence_line(f.evidence),
+                    )
+                    for f in rows
+                ),
             )
             or "-"
         )
@@ -896,6 +918,141 @@ class SampleAdmin(admin.ModelAdmin):
     def score_again(self, request: HttpRequest, queryset: QuerySet[Sample]) -> None:
         # Only samples still `error`: one a task claimed meanwhile is left to it.
         self._dispatch(request, queryset, "rescore", action_reason(request))
+
+
+def _evidence_line(evidence: Any, limit: int = 300) -> str:
+    """A flag's evidence on one line (escaped where it is shown: format_html)."""
+    text = json.dumps(evidence, sort_keys=True, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class FlagStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "Open"), ("cleared", "Cleared")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Flag]) -> QuerySet[Flag]:
+        if self.value() == "open":
+            return queryset.filter(cleared_at__isnull=True)
+        if self.value() == "cleared":
+            return queryset.filter(cleared_at__isnull=False)
+        return queryset
+
+
+@admin.register(Flag)
+class FlagAdmin(admin.ModelAdmin):
+    """Automatic flags (scoring/flags.py) with their evidence. Written by the checks only; a
+    maintainer clears them with a reason (audited), or acts on the sample (quarantine) or its
+    contributor (ban)."""
+
+    list_display = [
+        "id",
+        "kind",
+        "sample_link",
+        "contributor",
+        "short_evidence",
+        "created_at",
+        "is_open",
+        "cleared_by",
+        "cleared_at",
+    ]
+    list_filter = ["kind", FlagStateFilter, "created_at"]
+    list_select_related = ["sample__contributor", "cleared_by"]
+    search_fields = ["=sample__id"]
+    search_help_text = "A sample id (exact)."
+    show_full_result_count = False
+    action_form = ReasonActionForm
+    _shown = (
+        "kind",
+        "sample_link",
+        "contributor",
+        "shown_evidence",
+        "created_at",
+        "cleared_by",
+        "cleared_at",
+        "clear_reason",
+    )
+    fields = _shown
+    readonly_fields = _shown
+    actions = ["clear"]
+
+    class Media:
+        css = {"all": ["scoring/admin.css"]}
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # raised by the checks only
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # evidence: cleared, never deleted
+
+    @admin.display(description="sample", ordering="sample_id")
+    def sample_link(self, obj: Flag) -> str:
+        return format_html(
+            "<a href='{}'>{}</a>",
+            reverse("admin:scoring_sample_change", args=[obj.sample_id]),
+            obj.sample_id,
+        )
+
+    @admin.display(description="contributor")
+    def contributor(self, obj: Flag) -> str:
+        return obj.sample.contributor.get_username()
+
+    @admin.display(description="open", boolean=True)
+    def is_open(self, obj: Flag) -> bool:
+        return obj.cleared_at is None
+
+    @admin.display(description="evidence")
+    def short_evidence(self, obj: Flag) -> str:
+        return _evidence_line(obj.evidence, limit=120)
+
+    @admin.display(description="evidence")
+    def shown_evidence(self, obj: Flag) -> str:
+        text = json.dumps(obj.evidence, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+        original = obj.evidence.get("original_sample") if isinstance(obj.evidence, dict) else None
+        link = (
+            format_html(
+                "<p>Original: <a href='{}'>sample {}</a></p>",
+                reverse("admin:scoring_sample_change", args=[original]),
+                original,
+            )
+            if obj.kind == FlagKind.COPY and isinstance(original, int)
+            else ""
+        )
+        return format_html("{}<pre class='tp-pre'>{}</pre>", link, text)
+
+    @admin.action(description="Clear, with a reason…", permissions=["change"])
+    def clear(self, request: HttpRequest, queryset: QuerySet[Flag]) -> HttpResponse | None:
+        from scoring.flags import clear_flags
+
+        open_flags = queryset.filter(cleared_at__isnull=True)
+        reason, page = confirm_with_reason(
+            self,
+            request,
+            open_flags.select_related("sample__contributor").order_by("pk"),
+            action="clear",
+            title="Clear flags",
+            intro="These flags are closed as looked at: who, when and why are kept on each "
+            "flag and in the audit trail. The same check does not raise a cleared flag again. "
+            "Nothing is done to the samples or their contributors.",
+            button="Clear",
+            columns=["flag", "kind", "sample", "contributor", "evidence"],
+            row=lambda f: (
+                f.pk,
+                f.kind,
+                f.sample_id,
+                f.sample.contributor.get_username(),
+                _evidence_line(f.evidence, limit=120),
+            ),
+        )
+        if page is not None:
+            return page
+        cleared = clear_flags(
+            flag_ids=open_flags.values_list("pk", flat=True), by=request.user, reason=reason or ""
+        )
+        self.message_user(request, f"{len(cleared)} flags cleared.")
+        return None
 
 
 class _ReadOnly(admin.ModelAdmin):

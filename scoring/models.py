@@ -273,6 +273,10 @@ class Sample(models.Model):
     )
     status_reason = models.CharField(max_length=500, blank=True)
     quarantined = models.BooleanField(default=False)
+    # When it was last quarantined (scoring.services.quarantine_samples; null: never, or before
+    # this was kept). A release lists a published row as withdrawn only when the quarantine
+    # came after the prompt was first published (scoring/publishing/service.py).
+    quarantined_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(auto_now_add=True)
     # The scoring claim (scoring/pipeline.py): every claim adds one to `attempts`; the task that
@@ -663,3 +667,55 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action} ({len(self.target_ids)})"
+
+
+class FlagKind(models.TextChoices):
+    COPY = "copy", "Copy of another contributor's sample"
+    ATTESTATION = "attestation", "Claimed model not attested"
+    REPLICA_DISAGREEMENT = "replica_disagreement", "Disagrees with its spot-check replica"
+    HOARDING = "hoarding", "Leases hoarded"
+
+
+class Flag(models.Model):
+    """An automatic suspicion about one sample, for a maintainer to look at (scoring/flags.py):
+    what was found (`kind`) and why (`evidence`, JSON: for a copy, the original sample, its
+    contributor, the similarity). One per (sample, kind): raising it again updates the
+    evidence. A flag is open until a maintainer clears it (who, when, why); a cleared flag is
+    never raised again by the same check, and one whose condition went away stays as it is
+    (`evidence.resolved` says since when) for a maintainer to clear. Flags move nothing by
+    themselves: quarantine and bans are maintainers' decisions."""
+
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="flags")
+    kind = models.CharField(max_length=32, choices=FlagKind.choices)
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    cleared_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    cleared_at = models.DateTimeField(null=True, blank=True)
+    clear_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sample", "kind"], name="flag_unique_sample_kind"),
+            models.CheckConstraint(
+                condition=Q(kind__in=[k.value for k in FlagKind]), name="flag_kind_valid"
+            ),
+        ]
+        indexes = [
+            # The maintainers' queue: open flags, newest first, by kind.
+            models.Index(
+                fields=["kind", "-created_at"],
+                condition=Q(cleared_at__isnull=True),
+                name="flag_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = "cleared" if self.cleared_at else "open"
+        return f"{self.kind} on sample {self.sample_id} ({state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.cleared_at is None

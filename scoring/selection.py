@@ -174,27 +174,80 @@ def mark_duplicates(prompt: Prompt) -> int:
     """Flags the prompt's settled samples that copy an earlier one, exactly or nearly
     (scoring.dedup: MinHash over 5-word shingles, Jaccard 0.8); the earliest stored sample of a
     cluster is kept. Recomputed from the samples each time, so a kept sample that leaves (a
-    quarantine, a ban) lets its copies be judged again. Returns how many are flagged."""
-    from scoring.dedup import NearDuplicateIndex
+    quarantine, a ban) lets its copies be judged again. Returns how many are flagged.
+
+    A duplicate whose kept original belongs to another contributor is also a copy: it gets a
+    `copy` Flag with the evidence (scoring/flags.py: raised once, refreshed while open, marked
+    resolved when it no longer holds). A duplicate of one's own sample is only a duplicate."""
+    from scoring.dedup import NearDuplicateIndex, text_signature
+    from scoring.flags import sync_copy_flags
 
     index: NearDuplicateIndex[int] = NearDuplicateIndex()
     wanted: dict[int, int | None] = {}
     current: dict[int, int | None] = {}
-    for pk, completion, reasoning, duplicate_of in (
-        settled(prompt).order_by("pk").values_list("pk", "completion", "reasoning", "duplicate_of")
+    kept: dict[int, tuple[Any, int, str, float]] = {}  # signature, contributor, model, temp
+    copies: dict[int, dict[str, Any]] = {}
+    for pk, completion, reasoning, duplicate_of, contributor, model, temperature in (
+        settled(prompt)
+        .order_by("pk")
+        .values_list(
+            "pk",
+            "completion",
+            "reasoning",
+            "duplicate_of",
+            "contributor_id",
+            "model",
+            "temperature",
+        )
     ):
-        wanted[pk] = index.add(pk, completion, reasoning=reasoning or None)
+        signature = text_signature(completion, reasoning=reasoning or None)
+        original = index.add_signature(pk, signature)
+        wanted[pk] = original
         current[pk] = duplicate_of
+        if original is None:
+            kept[pk] = (signature, contributor, model, temperature)
+            continue
+        source, source_contributor, source_model, source_temperature = kept[original]
+        if source_contributor != contributor:
+            copies[pk] = _copy_evidence(
+                original, source_contributor, source, signature, index.settings.num_perm
+            ) | {
+                "model": model,
+                "temperature": temperature,
+                "original_model": source_model,
+                "original_temperature": source_temperature,
+            }
     changed = False
     for pk, original in wanted.items():
         if current[pk] != original:
             Sample.objects.filter(pk=pk).update(duplicate_of_id=original)
             changed = True
+    sync_copy_flags(checked=wanted, copies=copies)
     if changed and Prompt.objects.filter(pk=prompt.pk, closed_at__isnull=False).exists():
         # A copy earns no credit and counts toward no bounty: what is built on a closed
         # prompt's disclosed verdicts settles it again.
         disclosed_changed.send(sender=Sample, prompt_ids=[prompt.pk])
     return sum(1 for original in wanted.values() if original is not None)
+
+
+def _copy_evidence(
+    original: int, contributor: int, source: Any, copy: Any, num_perm: int
+) -> dict[str, Any]:
+    """What a copy flag shows: the original, its contributor, and how alike the two are
+    (exact after normalisation, else the MinHash estimate of their Jaccard similarity)."""
+    exact = source.exact == copy.exact
+    if exact:
+        jaccard = 1.0
+    elif source.minhash is not None and copy.minhash is not None:
+        jaccard = round(float((source.minhash == copy.minhash).sum()) / num_perm, 3)
+    else:
+        jaccard = None
+    return {
+        "original_sample": original,
+        "original_contributor": contributor,
+        "match": "exact" if exact else "near",
+        "jaccard": jaccard,
+    }
 
 
 def candidates_of(prompt: Prompt, policy: Policy) -> list[Candidate]:

@@ -1012,7 +1012,7 @@ def quarantine_samples(*, sample_ids: Iterable[int], by: Any, reason: str = "") 
     ids = [pk for pk, *_ in rows]
     if not ids:
         return []
-    Sample.objects.filter(pk__in=ids).update(quarantined=True)
+    Sample.objects.filter(pk__in=ids).update(quarantined=True, quarantined_at=timezone.now())
     audit.record(
         actor=by, action="sample.quarantine", model=Sample, ids=ids, reason=(reason or "").strip()
     )

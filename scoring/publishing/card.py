@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -28,6 +29,9 @@ CONFIG_DESCRIPTIONS = {
     "raw": "Every judged sample of the published prompts with its verdicts, reward and "
     "provenance, including rejected ones and marked duplicates.",
 }
+
+# Withdrawn rows the card lists (all of them go into the release's withdrawn.csv).
+WITHDRAWN_SHOWN = 100
 
 # Markdown's and HTML's active characters. A backslash escape works for the Markdown ones;
 # <, > and & become entities.
@@ -83,6 +87,11 @@ class CardInput:
     contamination: dict[str, int] = field(default_factory=dict)  # benchmark -> prompts
     contaminated_prompts: int = 0
     held_back: int = 0  # closed prompts whose twin is still open
+    # Rows earlier releases published that this one withdraws (service.withdrawn_samples):
+    # how many, the first WITHDRAWN_SHOWN as (prompt id, sample id), and the file with all.
+    withdrawn: int = 0
+    withdrawn_rows: list[tuple[int, int]] = field(default_factory=list)
+    withdrawn_file: str | None = None
 
 
 def build_card(data: CardInput) -> DatasetCard:
@@ -198,6 +207,9 @@ def _body(data: CardInput, rows: dict[str, int]) -> str:
             "identical prompt is still open to collection elsewhere.\n"
         )
 
+    if data.withdrawn:
+        _withdrawn(data, add)
+
     add("## Contributors\n")
     named = {h: n for h, n in stats.contributor_rows.items() if h != "anonymous"}
     anonymous = stats.contributor_rows.get("anonymous", 0)
@@ -208,6 +220,31 @@ def _body(data: CardInput, rows: dict[str, int]) -> str:
         add("")
     add(f"{anonymous:,} samples come from contributors who chose to stay anonymous.\n")
     return "\n".join(out) + "\n"
+
+
+def _withdrawn(data: CardInput, add: Any) -> None:
+    add("## Withdrawn rows\n")
+    add(
+        f"{data.withdrawn:,} rows published by an earlier release are no longer in the dataset: "
+        "a maintainer quarantined their samples or banned their contributors. Remove them "
+        "from copies you keep: by `sample_id` in `raw` and `sft`, and by `chosen_sample_id` / "
+        "`rejected_sample_id` in `preference` (the `rl` pass rates of their prompts are "
+        "computed without them).\n"
+    )
+    shown = data.withdrawn_rows[:WITHDRAWN_SHOWN]
+    if data.withdrawn_file:
+        where = f"All of them are listed in `{_code(data.withdrawn_file)}` (prompt_id, sample_id)"
+        add(
+            f"{where}; the first {len(shown):,}:\n"
+            if len(shown) < data.withdrawn
+            else where + ".\n"
+        )
+    elif len(shown) < data.withdrawn:
+        add(f"The first {len(shown):,}:\n")
+    add("| prompt_id | sample_id |\n|---:|---:|")
+    for prompt_id, sample_id in shown:
+        add(f"| {int(prompt_id)} | {int(sample_id)} |")
+    add("")
 
 
 def _code(text: object) -> str:

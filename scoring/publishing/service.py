@@ -14,6 +14,7 @@ release's marker in its message and not done again.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from scoring.models import (
@@ -39,10 +40,12 @@ from scoring.models import (
     ReleasedPrompt,
     ReleaseState,
     ReleaseTarget,
+    Sample,
+    SampleStatus,
 )
 from scoring.publishing import licenses
 from scoring.publishing.attribution import Attribution
-from scoring.publishing.card import CardInput, Source, build_card
+from scoring.publishing.card import WITHDRAWN_SHOWN, CardInput, Source, build_card
 from scoring.publishing.fetch import open_fetcher
 from scoring.publishing.rows import CONFIGS, SCHEMAS, RowReader, Scope, Stats, open_twin
 from scoring.publishing.shards import ShardWriter, background, file_digests
@@ -56,6 +59,9 @@ from scoring.publishing.targets import (
 from scoring.selection import Policy, configured_policy
 
 logger = logging.getLogger(__name__)
+
+# The full list of withdrawn rows (see withdrawn_samples), beside the card when there are any.
+WITHDRAWN_FILE = "withdrawn.csv"
 
 # The Hub's rule for a repository id: namespace/name, letters, digits, "-", "_", ".".
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -240,6 +246,15 @@ def build_release(
             message = f"{held_back} closed prompts held back: a twin of each is still open"
             logger.warning("release %s v%s: %s", release.repo_id, release.version, message)
             build.warnings.append(message)
+        withdrawn, withdrawn_shown = write_withdrawn(release, root / WITHDRAWN_FILE)
+        if withdrawn:
+            message = (
+                f"{withdrawn} rows published earlier are withdrawn (quarantined samples, "
+                "banned contributors): listed in the card"
+                + (f" and {WITHDRAWN_FILE}" if withdrawn > WITHDRAWN_SHOWN else "")
+            )
+            logger.warning("release %s v%s: %s", release.repo_id, release.version, message)
+            build.warnings.append(message)
         contamination: Counter[str] = Counter()
         contaminated = 0
         for (matches,) in (
@@ -282,13 +297,92 @@ def build_release(
             contamination=dict(contamination),
             contaminated_prompts=contaminated,
             held_back=held_back,
+            withdrawn=withdrawn,
+            withdrawn_rows=withdrawn_shown,
+            withdrawn_file=WITHDRAWN_FILE if withdrawn > WITHDRAWN_SHOWN else None,
         )
     )
     readme = root / "README.md"
     readme.write_text(str(card), encoding="utf-8")
     sha256, oid, _ = file_digests(readme)
     build.files["README.md"] = (readme, sha256, oid)
+    if withdrawn > WITHDRAWN_SHOWN:
+        listed = root / WITHDRAWN_FILE
+        sha256, oid, _ = file_digests(listed)
+        build.files[WITHDRAWN_FILE] = (listed, sha256, oid)
     return build
+
+
+def withdrawn_samples(release: Release) -> Any:
+    """(prompt id, sample id) of the rows an earlier release of this repository published
+    that this one no longer holds by a maintainer's decision, in row order: judged samples of
+    prompts first published before this version that are now quarantined (after that first
+    publication: one quarantined before it was never published; one quarantined before
+    `quarantined_at` was kept counts), or of a banned or deactivated contributor and not
+    quarantined (a ban quarantines the samples of unpublished prompts, contributors'
+    ban_contributor, and leaves the published ones as they were).
+
+    Cumulative: a row stays listed in every later release while it is held back, so the list
+    says what an older copy holds that the dataset no longer does. Scoring keeps no ban time:
+    a banned contributor's sample of a prompt first published after the ban (never in a
+    release) is listed too, unless the ban quarantined it."""
+    scope = {"target": release.target, "repo_id": release.repo_id}
+    earlier = ReleasedPrompt.objects.filter(**scope, version__lt=release.version)
+    first_version = Subquery(
+        ReleasedPrompt.objects.filter(**scope, prompt_id=OuterRef("prompt_id")).values("version")[
+            :1
+        ]
+    )
+    published_at = Subquery(
+        Release.objects.filter(
+            **scope, state=ReleaseState.PUBLISHED, version=OuterRef("first_version")
+        ).values("published_at")[:1]
+    )
+    return (
+        Sample.objects.filter(
+            prompt_id__in=earlier.values("prompt_id"),
+            status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
+        )
+        .annotate(first_version=first_version)
+        .annotate(first_published_at=published_at)
+        .filter(
+            Q(
+                quarantined=True,
+                quarantined_at__isnull=True,
+            )
+            | Q(quarantined=True, quarantined_at__gt=F("first_published_at"))
+            | Q(quarantined=False, contributor__profile__banned=True)
+            | Q(quarantined=False, contributor__is_active=False)
+        )
+        .order_by("prompt_id", "pk")
+        .values_list("prompt_id", "pk")
+    )
+
+
+def write_withdrawn(release: Release, path: Path) -> tuple[int, list[tuple[int, int]]]:
+    """Writes every withdrawn row (withdrawn_samples) to `path` as CSV when there are more
+    than the card lists (card.WITHDRAWN_SHOWN); returns their count and the first
+    WITHDRAWN_SHOWN of them. Streams: memory does not grow with the list."""
+    count = 0
+    shown: list[tuple[int, int]] = []
+    path.unlink(missing_ok=True)
+    handle = None
+    try:
+        for prompt_id, sample_id in withdrawn_samples(release).iterator(chunk_size=5000):
+            if handle is None:
+                handle = path.open("w", encoding="utf-8", newline="")
+                writer = csv.writer(handle)
+                writer.writerow(["prompt_id", "sample_id"])
+            writer.writerow([prompt_id, sample_id])
+            count += 1
+            if len(shown) < WITHDRAWN_SHOWN:
+                shown.append((prompt_id, sample_id))
+    finally:
+        if handle is not None:
+            handle.close()
+    if count <= WITHDRAWN_SHOWN:
+        path.unlink(missing_ok=True)  # the card lists them all
+    return count, shown
 
 
 @dataclass
@@ -372,8 +466,11 @@ def publish_to(target: Target, release: Release, build: Build) -> str:
         for path, (local, sha256, oid) in build.files.items()
         if not (path in remote and remote[path].same_as(sha256, oid))
     ]
-    # data/ is the releases' own: a shard the new layout no longer has goes.
-    deletes = sorted(p for p in remote if p.startswith("data/") and p not in build.files)
+    # data/ (and the withdrawn list) are the releases' own: a file the new build no longer
+    # has goes.
+    deletes = sorted(
+        p for p in remote if (p.startswith("data/") or p == WITHDRAWN_FILE) and p not in build.files
+    )
     if head is not None and not adds and not deletes and mark in target.message(head):
         # An earlier attempt committed exactly this build, then failed before tagging. (If
         # the data changed since, the new build is committed on top and that is tagged.)
@@ -398,7 +495,7 @@ def publish_to(target: Target, release: Release, build: Build) -> str:
 def _holds(target: Target, revision: str, build: Build) -> bool:
     """Whether the target's files at `revision` are exactly the build's (data/ and card)."""
     files = target.files(revision)
-    ours = {p for p in files if p.startswith("data/") or p == "README.md"}
+    ours = {p for p in files if p.startswith("data/") or p in ("README.md", WITHDRAWN_FILE)}
     return ours == set(build.files) and all(
         files[path].same_as(sha256, oid) for path, (_, sha256, oid) in build.files.items()
     )
