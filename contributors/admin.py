@@ -25,7 +25,10 @@ from contributors.models import (
     LeaseItem,
     LeaseState,
     ModelStatus,
+    NodeReputation,
     Profile,
+    Reputation,
+    ReputationEvent,
     Slot,
 )
 from contributors.services import bounties as bounty_services
@@ -617,3 +620,64 @@ class CreditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Written by contributors.services.trust only: a wrong number is fixed by settling again
+    (trust.settle_all), never by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+_REPUTATION_COLUMNS = [
+    "trust",
+    "streak",
+    "valid",
+    "invalid",
+    "expired",
+    "daily_quota",
+    "updated_at",
+]
+
+
+@admin.register(Reputation)
+class ReputationAdmin(_ReadOnlyAdmin):
+    """Trust and daily quota per contributor (contributors.services.trust)."""
+
+    list_display = ["contributor", *_REPUTATION_COLUMNS]
+    search_fields = ["contributor__username", "contributor__profile__handle"]
+    list_select_related = ["contributor"]
+    ordering = ["trust", "pk"]
+    show_full_result_count = False
+
+
+@admin.register(NodeReputation)
+class NodeReputationAdmin(_ReadOnlyAdmin):
+    """Trust and daily quota per node (contributors.services.trust)."""
+
+    list_display = ["node", *_REPUTATION_COLUMNS]
+    search_fields = ["node__name", "node__owner__username"]
+    list_select_related = ["node", "node__owner"]
+    ordering = ["trust", "pk"]
+    show_full_result_count = False
+
+
+@admin.register(ReputationEvent)
+class ReputationEventAdmin(_ReadOnlyAdmin):
+    """The reputation ledger: what moved each contributor's trust and quota, once each."""
+
+    list_display = ["at", "contributor", "node", "kind", "sample_id", "lease_item_id"]
+    list_filter = ["kind", "at"]
+    search_fields = ["contributor__username", "contributor__profile__handle"]
+    list_select_related = ["contributor", "node"]
+    date_hierarchy = "at"
+    ordering = ["-at", "-pk"]
+    show_full_result_count = False
+    raw_id_fields = ["contributor", "node", "sample", "lease_item"]

@@ -19,5 +19,6 @@ class ContributorsConfig(AppConfig):
         # touches) and of credit (below).
         import contributors.services.bounties  # noqa: F401
 
-        # Credit's disclosed_changed receiver: settles prompts whose disclosed verdicts changed.
-        from contributors.services import credit  # noqa: F401
+        # Credit's and trust's disclosed_changed receivers: settle the credit of prompts whose
+        # disclosed verdicts changed, and count those verdicts toward trust and quotas.
+        from contributors.services import credit, trust  # noqa: F401

@@ -601,3 +601,118 @@ class LeaderboardRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.period} #{self.rank}: {self.handle}"
+
+
+# --- trust and quotas (contributors.services.trust) -----------------------------------------
+
+
+class ReputationFields(models.Model):
+    """What trust and the daily quota are made of; kept per contributor and per node by
+    contributors.services.trust, and shown to the contributor. Correctness moves them only
+    once disclosed (the sample's prompt closed); expired lease items move them at once."""
+
+    streak = models.PositiveIntegerField(default=0, help_text="Consecutive valid samples.")
+    valid = models.PositiveIntegerField(default=0)
+    invalid = models.PositiveIntegerField(default=0)
+    expired = models.PositiveIntegerField(
+        default=0, help_text="Lease items that expired with samples still owed (hoarding)."
+    )
+    trust = models.FloatField(default=0.0)
+    daily_quota = models.PositiveIntegerField(help_text="Prompts it may lease per UTC day.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+
+class Reputation(ReputationFields):
+    contributor = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reputation"
+    )
+
+    def __str__(self) -> str:
+        return f"reputation of {self.contributor}"
+
+
+class NodeReputation(ReputationFields):
+    node = models.OneToOneField(ComputeNode, on_delete=models.CASCADE, related_name="reputation")
+
+    def __str__(self) -> str:
+        return f"reputation of node {self.node_id}"
+
+
+class ReputationKind(models.TextChoices):
+    VALID = "valid"
+    INVALID = "invalid"
+    EXPIRED = "expired"
+
+
+class ReputationEvent(models.Model):
+    """The reputation ledger: each thing that moved a contributor's (and their node's)
+    reputation, once. A judged sample moves it exactly once (`valid` or `invalid`, one row per
+    sample), an expired lease item once (`expired`, one row per item): settling again finds
+    the row and moves nothing."""
+
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    node = models.ForeignKey(
+        ComputeNode, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=ReputationKind.choices)
+    sample = models.ForeignKey(
+        Sample, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    lease_item = models.ForeignKey(
+        LeaseItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sample"],
+                condition=Q(kind__in=["valid", "invalid"]),
+                name="repevent_sample_once",
+            ),
+            models.UniqueConstraint(
+                fields=["lease_item"],
+                condition=Q(kind="expired"),
+                name="repevent_item_once",
+            ),
+        ]
+        indexes = [models.Index(fields=["contributor", "at"], name="repevent_contributor_at")]
+
+    def __str__(self) -> str:
+        return f"{self.contributor} {self.kind}"
+
+
+class LeaseDay(models.Model):
+    """Prompts (lease items) leased in one UTC day, per contributor (`node` NULL) and per node:
+    the daily quota's counter, added to in the leasing transaction under the profile lock."""
+
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    node = models.ForeignKey(
+        ComputeNode, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    day = models.DateField()
+    prompts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contributor", "day"],
+                condition=Q(node__isnull=True),
+                name="leaseday_unique_contributor",
+            ),
+            models.UniqueConstraint(
+                fields=["node", "day"],
+                condition=Q(node__isnull=False),
+                name="leaseday_unique_node",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contributor} / {self.node_id or '-'} {self.day}: {self.prompts}"

@@ -49,6 +49,36 @@ def sweep_credit() -> int:
 
 
 @shared_task(
+    name="contributors.settle_trust",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def settle_trust(prompt_ids: list[int]) -> int:
+    """Counts the disclosed verdicts of these prompts toward trust and quotas
+    (contributors.services.trust); idempotent."""
+    from contributors.services import trust
+
+    return trust.settle_prompts(prompt_ids=prompt_ids)
+
+
+@shared_task(
+    name="contributors.sweep_trust",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def sweep_trust() -> int:
+    """Every ten minutes (beat): queues settling of trust for closed prompts whose samples
+    changed status lately, so a lost settle message costs minutes."""
+    from contributors.services import trust
+
+    return trust.sweep()
+
+
+@shared_task(
     name="contributors.expire_overdue_leases", queue="maintenance", acks_late=True, time_limit=300
 )
 def expire_overdue_leases() -> int:

@@ -32,6 +32,9 @@ app.conf.beat_schedule = {
     # minute or two, not SWEEP_AFTER_S) and re-queues samples whose transient verifier error
     # is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
+    # Settles trust for closed prompts whose samples changed lately (a lost message costs
+    # minutes): contributors.services.trust.
+    "sweep-trust": {"task": "contributors.sweep_trust", "schedule": 600.0},
     # Credit (contributors.services.credit): the leaderboard's rows every minute; and closed
     # prompts whose samples changed status lately are settled again (a lost message).
     "refresh-leaderboard": {"task": "contributors.refresh_leaderboard", "schedule": 60.0},

@@ -474,6 +474,21 @@ THINKPOOL_CREDIT = {
 # `maintenance` queue, in chunks, instead of inside the request.
 THINKPOOL_ADMIN_SYNC_LIMIT = env_int("THINKPOOL_ADMIN_SYNC_LIMIT", 500, minimum=1)
 
+# Trust and quotas (contributors/services/trust.py, shown to each contributor on their profile
+# and in GET /api/v1/me/): per contributor and per node, a daily quota of prompts leased per UTC
+# day starts at initial_quota; a valid sample adds `grow` (up to max_quota); an invalid sample or
+# an expired lease item (hoarding) multiplies it by `cut` (down to min_quota) and ends the streak.
+# trust = min(1, streak / trust_streak) * (1 - share of invalid and expired among everything
+# judged). Correctness counts only once disclosed (the prompt closed).
+THINKPOOL_TRUST: dict[str, Any] = {
+    "initial_quota": env_int("THINKPOOL_TRUST_INITIAL_QUOTA", 50, minimum=1),
+    "min_quota": env_int("THINKPOOL_TRUST_MIN_QUOTA", 5, minimum=1),
+    "max_quota": env_int("THINKPOOL_TRUST_MAX_QUOTA", 5000, minimum=1),
+    "grow": env_int("THINKPOOL_TRUST_GROW", 2, minimum=0),
+    "cut": env_float("THINKPOOL_TRUST_CUT", 0.5, minimum=0.0, maximum=1.0),
+    "trust_streak": env_int("THINKPOOL_TRUST_STREAK", 10, minimum=1),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -38,7 +38,11 @@ def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
-        return Response(error_body(exc.code, exc.message), status=exc.status)
+        body = error_body(exc.code, exc.message)
+        # Extra fields never replace the code or the message.
+        body["error"].update({k: v for k, v in exc.details.items() if k not in body["error"]})
+        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return Response(body, status=exc.status, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             error_body("body_too_large", "The request body is larger than the server accepts."),

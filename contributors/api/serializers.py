@@ -431,6 +431,27 @@ class SamplePageOutSerializer(serializers.Serializer):
     results = SampleOutSerializer(many=True)
 
 
+class StandingOutSerializer(serializers.Serializer):
+    trust = serializers.FloatField(help_text="0..1: min(1, streak / trust_streak) x good share.")
+    streak = serializers.IntegerField(help_text="Consecutive valid samples (disclosed ones).")
+    valid = serializers.IntegerField()
+    invalid = serializers.IntegerField()
+    expired = serializers.IntegerField(help_text="Lease items left to expire owing samples.")
+    daily_quota = serializers.IntegerField(help_text="Prompts it may lease per UTC day.")
+    leased_today = serializers.IntegerField()
+    left_today = serializers.IntegerField()
+    resets_at = serializers.DateTimeField(help_text="When the day's count starts again (UTC).")
+
+
+class NodeStandingOutSerializer(StandingOutSerializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class ReputationOutSerializer(StandingOutSerializer):
+    nodes = NodeStandingOutSerializer(many=True, help_text="The same, per node.")
+
+
 class MeOutSerializer(serializers.Serializer):
     username = serializers.CharField()
     handle = serializers.CharField()
@@ -438,3 +459,7 @@ class MeOutSerializer(serializers.Serializer):
     public_attribution = serializers.BooleanField()
     limits = LimitsOutSerializer()
     samples = SampleSummaryOutSerializer()
+    reputation = ReputationOutSerializer(
+        help_text="Trust and the daily lease quota (settings THINKPOOL_TRUST); correctness "
+        "counts only once a prompt closes."
+    )

@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from contributors import selectors, services
 from contributors.api import serializers as io
 from contributors.models import ComputeNode
+from contributors.services import trust
 
 
 class MeView(APIView):
@@ -37,6 +38,7 @@ class MeView(APIView):
                 "max_prompts_per_lease": settings.THINKPOOL["MAX_PROMPTS_PER_LEASE"],
             },
             "samples": selectors.sample_summary(user=request.user),
+            "reputation": trust.standing(user=request.user),
         }
         return Response(io.MeOutSerializer(data).data)
 

@@ -19,7 +19,7 @@ from contributors.models import (
     Profile,
     Slot,
 )
-from contributors.services import ledger, model_policy
+from contributors.services import ledger, model_policy, trust
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
 from contributors.services.uploads import stored_per_key
@@ -64,6 +64,7 @@ def create_lease(
         if existing is not None:
             return existing, False
         _check_caps(node, _profile(node, locked=False))
+        trust.quota_room(node)
     for attempt in range(3):
         if attempt:
             frontiers = ledger.frontiers_for(sets=sets, model=model)
@@ -152,6 +153,9 @@ def _lease_open_slots(
         if existing is not None:
             return existing, False
     _check_caps(node, profile)
+    # The daily quota (contributors.services.trust): checked and counted under the profile
+    # lock, so concurrent requests of one contributor cannot both pass it.
+    max_prompts = min(max_prompts, trust.quota_room(node, now=now))
 
     picked: list[tuple[Slot, int, PromptSet]] = []
     for prompt_set in sets:
@@ -180,6 +184,7 @@ def _lease_open_slots(
         [LeaseItem(lease=lease, slot=slot, n=give) for slot, give, _ in picked]
     )
     ledger.promise([(slot, give) for slot, give, _ in picked])
+    trust.count_leased(node, len(picked), now=now)
     return lease, True
 
 
@@ -205,7 +210,11 @@ def release_lease(*, lease: Lease) -> int:
     lease = Lease.objects.select_for_update().get(pk=lease.pk)
     if lease.state != LeaseState.LIVE:
         raise ServiceError("lease_not_live", f"This lease is already {lease.state}.")
-    returned = ledger.give_back(list(lease.items.all()))
+    items = list(lease.items.all())
+    # Released only after its deadline: it was left to expire (hoarding) all the same.
+    owed = _owed([lease], items) if lease.deadline <= timezone.now() else []
+    returned = ledger.give_back(items)
+    trust.record_expired(owed)
     lease.state = LeaseState.RELEASED
     lease.closed_at = timezone.now()
     lease.save(update_fields=["state", "closed_at"])
@@ -224,10 +233,25 @@ def expire_overdue_leases(*, now: Any = None, batch: int = 200) -> int:
                 .filter(state=LeaseState.LIVE, deadline__lte=now)
                 .order_by("deadline")[:batch]
             )
-            ledger.give_back(list(LeaseItem.objects.filter(lease__in=leases)))
+            items = list(LeaseItem.objects.filter(lease__in=leases))
+            owed = _owed(leases, items)
+            ledger.give_back(items)
+            # Items left owing samples count against reputation (hoarding).
+            trust.record_expired(owed)
             Lease.objects.filter(pk__in=[lease.pk for lease in leases]).update(
                 state=LeaseState.EXPIRED, closed_at=now
             )
             expired += len(leases)
         if len(leases) < batch:
             return expired
+
+
+def _owed(leases: list[Lease], items: list[LeaseItem]) -> list[tuple[int, int, int | None]]:
+    """(item, contributor, node) of the items of expiring `leases` that still owe samples:
+    read before give_back, which zeroes what they owe."""
+    by_lease = {lease.pk: lease for lease in leases}
+    return [
+        (item.pk, by_lease[item.lease_id].contributor_id, by_lease[item.lease_id].node_id)
+        for item in items
+        if item.pending > 0
+    ]

@@ -32,6 +32,8 @@ def test_concurrent_leasers_never_over_assign_and_fill_every_slot(settings):
         "MAX_LIVE_LEASES_PER_NODE": 2,
         "MAX_LIVE_LEASES_PER_CONTRIBUTOR": 64,
     }
+    # Leases given up are leased again: more prompts a day than a new account's quota.
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "initial_quota": 1000}
     prompt_set = PromptSetFactory(temperatures=[0.6, 1.0], samples_per_prompt=3, replication=1)
     PromptFactory.create_batch(60, prompt_set=prompt_set)
     expected_slots, target = 60 * 2, 3

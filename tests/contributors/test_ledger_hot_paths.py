@@ -36,7 +36,8 @@ def _slot_rows_read(queryset) -> int:  # type: ignore[no-untyped-def]
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_taking_a_slot_does_not_read_the_slots_of_closed_prompts(api, node):
+def test_taking_a_slot_does_not_read_the_slots_of_closed_prompts(api, node, settings):
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "initial_quota": 1000}
     prompt_set = PromptSetFactory(samples_per_prompt=1)
     PromptFactory.create_batch(200, prompt_set=prompt_set)
     lease = api.post(

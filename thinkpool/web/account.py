@@ -25,7 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from contributors import selectors
-from contributors.services import ServiceError, ensure_profile, issue_token, revoke_token
+from contributors.services import ServiceError, ensure_profile, issue_token, revoke_token, trust
 from contributors.services import sign_up as sign_up_service
 from contributors.services import update_profile as update_profile_service
 from contributors.services.accounts import handle_problem, handle_taken, hf_username_problem
@@ -215,6 +215,7 @@ def profile(request: HttpRequest) -> HttpResponse:
             "form": form,
             "profile": current,
             "summary": selectors.sample_summary(user=request.user),
+            "reputation": trust.standing(user=request.user),
         },
     )
 

@@ -1,0 +1,443 @@
+"""Trust and daily quotas, per contributor and per node (BOINC's adaptive scheme): the rules,
+the ledger they write, and the quota that leasing enforces.
+
+The rules (parameters in settings.THINKPOOL_TRUST; each contributor sees their own numbers on
+their profile page and in `GET /api/v1/me/`):
+
+* a valid sample (verified; not quarantined, not a duplicate):
+      streak += 1, valid += 1, quota = min(max_quota, quota + grow)
+* an invalid sample (rejected; not quarantined), or an expired lease item (a lease that
+  expired with samples of the item still owed: hoarding):
+      streak = 0, invalid (or expired) += 1, quota = max(min_quota, floor(quota * cut))
+* trust = min(1, streak / trust_streak) * (1 - (invalid + expired) / (valid + invalid + expired))
+  (0 with nothing counted yet): trusted only after trust_streak valid samples in a row, and
+  less the larger the share of bad work over the whole history (no window: a long honest
+  history dilutes an old failure, a streak restarts after each one).
+* the quota is in prompts (lease items) leased per UTC day; a new contributor or node starts
+  at initial_quota. Leasing refuses past it with `quota_exceeded` (HTTP 429).
+
+When reputation may move (DESIGN.md: verdicts are not an oracle; the contributor sees trust,
+streak and quota, so each of them is a disclosure):
+
+* correctness, only for samples of closed prompts: settled per prompt on
+  scoring.signals.disclosed_changed (queued on commit, like credit), by a sweep of recently
+  changed closed prompts, or by `settle_all` (a repair). A sample of an open prompt moves
+  nothing, whatever its verdict;
+* samples rejected by gold-free checks alone (format, truncation, repetition, language) are
+  disclosed at once by scoring.disclosure and could count at once; for simplicity they count
+  with the rest, when the prompt closes;
+* an expired lease item, at once (when the lease expires: leasing.expire_overdue_leases, or a
+  release that comes after the deadline). A release before the deadline costs nothing: the
+  work goes back to the pool in time, and the leased prompts still count for the day.
+
+Each judged sample moves reputation exactly once, at the first settling that finds it valid or
+invalid (a ReputationEvent per sample, unique): settling again moves nothing, and a later
+change of a sample's status (a rescore) does not move it again. A verified sample that is
+quarantined or marked a duplicate is not counted (until that is lifted); an `error` sample is
+the server's failure, never counted. Samples of one settling are applied in id order (the
+order they were received), which decides where a streak breaks.
+
+Sample -> node: SampleOrigin.node (none for a sample whose node was deleted, or uploaded
+outside a lease with no node: only the contributor's reputation moves).
+
+Lock order: prompts (settling, FOR NO KEY UPDATE in id order, as credit and closing do) or
+the lease (expiry), then slots, then Reputation rows (id order), then NodeReputation rows (id
+order). Leasing reads reputation without locking it, and counts leased prompts under the
+profile lock it already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef
+from django.dispatch import receiver
+from django.utils import timezone
+
+from contributors.models import (
+    ComputeNode,
+    LeaseDay,
+    NodeReputation,
+    Reputation,
+    ReputationEvent,
+    ReputationFields,
+    ReputationKind,
+)
+from contributors.services.errors import ServiceError
+from scoring.models import Prompt, Sample, SampleStatus
+from scoring.signals import disclosed_changed
+
+logger = logging.getLogger(__name__)
+
+# Prompts per settling transaction (and per queued message).
+SETTLE_CHUNK = 200
+# The sweep: closed prompts that changed within this window (run it at least twice as often).
+SWEEP_WINDOW_S = 1200
+
+VALID, INVALID, EXPIRED = ReputationKind.VALID, ReputationKind.INVALID, ReputationKind.EXPIRED
+_JUDGED = [str(VALID), str(INVALID)]
+
+R = TypeVar("R", Reputation, NodeReputation)
+
+
+# --- the rules --------------------------------------------------------------------------------
+
+
+def params() -> dict[str, Any]:
+    return dict(settings.THINKPOOL_TRUST)
+
+
+def clamp_quota(quota: int) -> int:
+    cfg = params()
+    low, high = int(cfg["min_quota"]), int(cfg["max_quota"])
+    return min(max(quota, low), max(high, low))
+
+
+def initial_quota() -> int:
+    return clamp_quota(int(params()["initial_quota"]))
+
+
+def trust_of(*, streak: int, valid: int, invalid: int, expired: int) -> float:
+    """min(1, streak / trust_streak) * (1 - bad share); 0 when nothing was counted."""
+    total = valid + invalid + expired
+    if total <= 0:
+        return 0.0
+    ramp = min(1.0, streak / max(int(params()["trust_streak"]), 1))
+    return max(0.0, min(1.0, ramp * (1.0 - (invalid + expired) / total)))
+
+
+def apply(rep: ReputationFields, kind: str) -> None:
+    """Moves `rep` (unsaved) by one event of `kind` (the rules above)."""
+    cfg = params()
+    if kind == VALID:
+        rep.streak += 1
+        rep.valid += 1
+        rep.daily_quota = clamp_quota(rep.daily_quota + int(cfg["grow"]))
+    elif kind in (INVALID, EXPIRED):
+        rep.streak = 0
+        if kind == INVALID:
+            rep.invalid += 1
+        else:
+            rep.expired += 1
+        rep.daily_quota = clamp_quota(math.floor(rep.daily_quota * float(cfg["cut"])))
+    else:
+        raise ValueError(f"unknown reputation event {kind!r}")
+    rep.trust = trust_of(
+        streak=rep.streak, valid=rep.valid, invalid=rep.invalid, expired=rep.expired
+    )
+
+
+# --- the rows ---------------------------------------------------------------------------------
+
+
+def _locked(model: type[R], field: str, keys: Iterable[int]) -> dict[int, R]:
+    """The reputation rows of `keys` (made at the initial quota where missing), locked in id
+    order. Inside a transaction."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    have = set(model.objects.filter(**{f"{field}__in": wanted}).values_list(field, flat=True))
+    missing = [k for k in wanted if k not in have]
+    if missing:
+        start = initial_quota()
+        # ignore_conflicts: a concurrent first event of the same contributor made it first.
+        model.objects.bulk_create(
+            [model(**{field: k, "daily_quota": start}) for k in missing], ignore_conflicts=True
+        )
+    rows = model.objects.select_for_update().filter(**{f"{field}__in": wanted}).order_by("pk")
+    return {getattr(row, field): row for row in rows}
+
+
+_FIELDS = ["streak", "valid", "invalid", "expired", "trust", "daily_quota", "updated_at"]
+
+
+def _move(events: Sequence[ReputationEvent]) -> None:
+    """Applies `events` (new, in order) to their contributors' and nodes' rows."""
+    if not events:
+        return
+    now = timezone.now()
+    people = _locked(Reputation, "contributor_id", (e.contributor_id for e in events))
+    nodes = _locked(NodeReputation, "node_id", (e.node_id for e in events if e.node_id is not None))
+    for e in events:
+        apply(people[e.contributor_id], e.kind)
+        if e.node_id is not None and e.node_id in nodes:
+            apply(nodes[e.node_id], e.kind)
+    for row in [*people.values(), *nodes.values()]:
+        row.updated_at = now
+    Reputation.objects.bulk_update(list(people.values()), _FIELDS)
+    if nodes:
+        NodeReputation.objects.bulk_update(list(nodes.values()), _FIELDS)
+    ReputationEvent.objects.bulk_create(list(events))
+
+
+# --- settling disclosed verdicts ----------------------------------------------------------------
+
+
+def _kind_of(status: str, quarantined: bool, duplicate_of: int | None) -> str | None:
+    if quarantined:
+        return None
+    if status == SampleStatus.VERIFIED:
+        return VALID if duplicate_of is None else None
+    if status == SampleStatus.REJECTED:
+        return INVALID
+    return None
+
+
+@transaction.atomic
+def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
+    """Counts the judged samples of the closed prompts among `prompt_ids` that no settling
+    counted yet; open prompts are left alone. Returns how many samples it counted (0 when
+    everything was settled already)."""
+    ids = sorted({int(pk) for pk in prompt_ids})
+    if not ids:
+        return 0
+    closed = list(
+        Prompt.objects.select_for_update(no_key=True)
+        .filter(pk__in=ids, closed_at__isnull=False)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if not closed:
+        return 0
+    counted = ReputationEvent.objects.filter(sample=OuterRef("pk"), kind__in=_JUDGED)
+    rows = (
+        Sample.objects.filter(
+            prompt_id__in=closed,
+            status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
+            quarantined=False,
+        )
+        .filter(~Exists(counted))
+        .order_by("pk")
+        .values_list("pk", "contributor_id", "origin__node_id", "status", "duplicate_of_id")
+    )
+    now = timezone.now()
+    events = []
+    for pk, contributor_id, node_id, status, duplicate_of in rows:
+        kind = _kind_of(status, False, duplicate_of)
+        if kind is not None:
+            events.append(
+                ReputationEvent(
+                    contributor_id=contributor_id, node_id=node_id, kind=kind, sample_id=pk, at=now
+                )
+            )
+    _move(events)
+    return len(events)
+
+
+def settle_all(*, chunk: int | None = None) -> tuple[int, int]:
+    """Settles every closed prompt, `chunk` per transaction (a repair). Returns (prompts,
+    samples counted)."""
+    chunk = chunk or SETTLE_CHUNK
+    prompts = samples = 0
+    last = 0
+    while True:
+        ids = list(
+            Prompt.objects.filter(closed_at__isnull=False, pk__gt=last)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:chunk]
+        )
+        if not ids:
+            return prompts, samples
+        last = ids[-1]
+        prompts += len(ids)
+        samples += settle_prompts(prompt_ids=ids)
+
+
+# One quick retry of a publish, as credit's; then the sweep's job.
+_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+
+
+def schedule_settle(prompt_ids: Iterable[int]) -> None:
+    """Queues settling of `prompt_ids` once the current transaction commits (at once outside
+    one). Never raises: a lost message is caught up by the sweep."""
+    ids = sorted({int(pk) for pk in prompt_ids})
+    if not ids:
+        return
+
+    def send() -> None:
+        from contributors.tasks import settle_trust
+
+        for start in range(0, len(ids), SETTLE_CHUNK):
+            chunk = ids[start : start + SETTLE_CHUNK]
+            try:
+                settle_trust.apply_async((chunk,), retry=True, retry_policy=_RETRY_POLICY)
+            except Exception:
+                logger.warning(
+                    "could not queue settling trust of %d prompts; the sweep will", len(chunk)
+                )
+
+    transaction.on_commit(send)
+
+
+@receiver(disclosed_changed, dispatch_uid="trust-settle-disclosed")
+def _settle_disclosed(sender: Any, prompt_ids: Sequence[int], **kwargs: Any) -> None:
+    schedule_settle(prompt_ids)
+
+
+def sweep(*, now: datetime | None = None) -> int:
+    """Queues settling of closed prompts whose samples changed status (or that closed) in the
+    last SWEEP_WINDOW_S. Returns how many prompts it queued."""
+    from contributors.services.credit import recently_changed_prompts
+
+    since = (now or timezone.now()) - timedelta(seconds=SWEEP_WINDOW_S)
+    ids = recently_changed_prompts(since=since)
+    schedule_settle(ids)
+    return len(ids)
+
+
+# --- hoarding ---------------------------------------------------------------------------------
+
+
+def record_expired(items: Iterable[tuple[int, int, int | None]]) -> int:
+    """Counts lease items that expired with samples still owed: (item id, contributor id,
+    node id). Inside the transaction that closes their lease (holding its lock); an item
+    already counted is skipped. Returns how many it counted."""
+    items = sorted(set(items))
+    if not items:
+        return 0
+    done = set(
+        ReputationEvent.objects.filter(
+            kind=EXPIRED, lease_item_id__in=[i for i, _, _ in items]
+        ).values_list("lease_item_id", flat=True)
+    )
+    now = timezone.now()
+    events = [
+        ReputationEvent(
+            contributor_id=contributor_id, node_id=node_id, kind=EXPIRED, lease_item_id=i, at=now
+        )
+        for i, contributor_id, node_id in items
+        if i not in done
+    ]
+    _move(events)
+    return len(events)
+
+
+# --- the daily quota --------------------------------------------------------------------------
+
+
+def utc_day(now: datetime | None = None) -> date:
+    return (now or timezone.now()).astimezone(UTC).date()
+
+
+def resets_at(now: datetime | None = None) -> datetime:
+    """When today's (UTC) count starts again: the next UTC midnight."""
+    return datetime.combine(utc_day(now) + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def _quota(model: type[Reputation] | type[NodeReputation], **key: int) -> int:
+    quota = model.objects.filter(**key).values_list("daily_quota", flat=True).first()
+    return initial_quota() if quota is None else clamp_quota(quota)
+
+
+def _used(*, contributor_id: int, node_id: int | None, day: date) -> int:
+    rows = LeaseDay.objects.filter(contributor_id=contributor_id, day=day)
+    rows = rows.filter(node__isnull=True) if node_id is None else rows.filter(node_id=node_id)
+    return rows.values_list("prompts", flat=True).first() or 0
+
+
+def quota_room(node: ComputeNode, *, now: datetime | None = None) -> int:
+    """How many prompts `node` may still lease today: the least of its owner's room and its
+    own. Raises `quota_exceeded` (429) when that is none."""
+    now = now or timezone.now()
+    day = utc_day(now)
+    reset = resets_at(now)
+    room = None
+    for scope, quota, used in (
+        (
+            "account",
+            _quota(Reputation, contributor_id=node.owner_id),
+            _used(contributor_id=node.owner_id, node_id=None, day=day),
+        ),
+        (
+            "node",
+            _quota(NodeReputation, node_id=node.pk),
+            _used(contributor_id=node.owner_id, node_id=node.pk, day=day),
+        ),
+    ):
+        left = quota - used
+        if left <= 0:
+            raise ServiceError(
+                "quota_exceeded",
+                f"This {scope} may lease {quota} prompts a day (UTC) and has leased {used} "
+                f"today; the quota resets at {reset:%Y-%m-%dT%H:%M:%SZ}. It grows with valid "
+                "samples and shrinks with rejected ones and leases left to expire.",
+                status=429,
+                details={
+                    "scope": scope,
+                    "quota": quota,
+                    "used": used,
+                    "resets_at": reset.isoformat().replace("+00:00", "Z"),
+                },
+                retry_after=max(1, math.ceil((reset - now).total_seconds())),
+            )
+        room = left if room is None else min(room, left)
+    assert room is not None
+    return room
+
+
+def count_leased(node: ComputeNode, prompts: int, *, now: datetime | None = None) -> None:
+    """Adds `prompts` to today's counters of the node's owner and of the node. In the leasing
+    transaction, under the owner's profile lock (so the check before and this add are one
+    step for that contributor)."""
+    if prompts <= 0:
+        return
+    day = utc_day(now)
+    for node_id in (None, node.pk):
+        rows = LeaseDay.objects.filter(contributor_id=node.owner_id, day=day)
+        rows = rows.filter(node__isnull=True) if node_id is None else rows.filter(node_id=node_id)
+        if rows.update(prompts=F("prompts") + prompts):
+            continue
+        try:
+            with transaction.atomic():
+                LeaseDay.objects.create(
+                    contributor_id=node.owner_id, node_id=node_id, day=day, prompts=prompts
+                )
+        except IntegrityError:  # made meanwhile by a leaser not holding the profile lock
+            rows.update(prompts=F("prompts") + prompts)
+
+
+# --- what the contributor sees ------------------------------------------------------------------
+
+
+def _shown(rep: ReputationFields | None, used: int, now: datetime) -> dict[str, Any]:
+    quota = initial_quota() if rep is None else clamp_quota(rep.daily_quota)
+    return {
+        "trust": round(rep.trust, 4) if rep else 0.0,
+        "streak": rep.streak if rep else 0,
+        "valid": rep.valid if rep else 0,
+        "invalid": rep.invalid if rep else 0,
+        "expired": rep.expired if rep else 0,
+        "daily_quota": quota,
+        "leased_today": used,
+        "left_today": max(quota - used, 0),
+        "resets_at": resets_at(now),
+    }
+
+
+def standing(*, user: Any, now: datetime | None = None) -> dict[str, Any]:
+    """A contributor's trust, streak, counts, daily quota and prompts leased today (UTC), and
+    the same for each of their nodes (`nodes`: [{id, name, ...}])."""
+    now = now or timezone.now()
+    day = utc_day(now)
+    used: dict[int | None, int] = dict(
+        (node_id, n)
+        for node_id, n in LeaseDay.objects.filter(contributor_id=user.pk, day=day).values_list(
+            "node_id", "prompts"
+        )
+    )
+    mine = _shown(Reputation.objects.filter(contributor_id=user.pk).first(), used.get(None, 0), now)
+    reps = {r.node_id: r for r in NodeReputation.objects.filter(node__owner_id=user.pk)}
+    mine["trust_streak"] = int(params()["trust_streak"])
+    mine["nodes"] = [
+        {"id": pk, "name": name, **_shown(reps.get(pk), used.get(pk, 0), now)}
+        for pk, name in ComputeNode.objects.filter(owner_id=user.pk)
+        .order_by("pk")
+        .values_list("pk", "name")
+    ]
+    return mine
