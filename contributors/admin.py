@@ -642,6 +642,7 @@ _REPUTATION_COLUMNS = [
     "valid",
     "invalid",
     "expired",
+    "flagged",
     "daily_quota",
     "updated_at",
 ]

@@ -298,6 +298,9 @@ class LeaseItem(models.Model):
     received = models.PositiveIntegerField(default=0, help_text="Samples uploaded for this item.")
     # Set when the lease closes: how many of `n` went back to the pool unfulfilled.
     returned = models.PositiveIntegerField(default=0)
+    # Asked for a spot check (SpotCheck.replica): its samples are compared with another
+    # contributor's and touch none of the slot's counters (`filled`, `outstanding`).
+    replica = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -309,7 +312,8 @@ class LeaseItem(models.Model):
 
     @property
     def pending(self) -> int:
-        """Samples still promised by this item (counted in the slot's `outstanding`)."""
+        """Samples still promised by this item (counted in the slot's `outstanding`, unless it
+        is a replica)."""
         return max(self.n - self.received - self.returned, 0)
 
 
@@ -617,6 +621,9 @@ class ReputationFields(models.Model):
     expired = models.PositiveIntegerField(
         default=0, help_text="Lease items that expired with samples still owed (hoarding)."
     )
+    flagged = models.PositiveIntegerField(
+        default=0, help_text="Automatic flags raised (copying, attestation, spot checks)."
+    )
     trust = models.FloatField(default=0.0)
     daily_quota = models.PositiveIntegerField(help_text="Prompts it may lease per UTC day.")
     updated_at = models.DateTimeField(default=timezone.now)
@@ -645,6 +652,7 @@ class ReputationKind(models.TextChoices):
     VALID = "valid"
     INVALID = "invalid"
     EXPIRED = "expired"
+    FLAGGED = "flagged"
 
 
 class ReputationEvent(models.Model):
@@ -666,6 +674,11 @@ class ReputationEvent(models.Model):
     lease_item = models.ForeignKey(
         LeaseItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # For `flagged`: the flag. Deleted with it (a maintainer clearing a flag voids its event:
+    # contributors.services.trust replays the rest).
+    flag = models.ForeignKey(
+        "scoring.Flag", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
     at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -679,6 +692,9 @@ class ReputationEvent(models.Model):
                 fields=["lease_item"],
                 condition=Q(kind="expired"),
                 name="repevent_item_once",
+            ),
+            models.UniqueConstraint(
+                fields=["flag"], condition=Q(kind="flagged"), name="repevent_flag_once"
             ),
         ]
         indexes = [models.Index(fields=["contributor", "at"], name="repevent_contributor_at")]
@@ -716,3 +732,57 @@ class LeaseDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contributor} / {self.node_id or '-'} {self.day}: {self.prompts}"
+
+
+class SpotCheckState(models.TextChoices):
+    OPEN = "open"  # waiting for a second contributor to lease it
+    LEASED = "leased"  # its replica item is out (or came back with samples)
+    COMPARED = "compared"  # both sides judged and compared, once the prompt closed
+    VOID = "void"  # nothing to compare (the prompt closed with one side empty)
+
+
+class SpotCheck(models.Model):
+    """Spot-check replication (contributors.services.spotchecks): the samples asked of one
+    lease item (`original`) are asked again, for the same (prompt, model, temperature), of a
+    second, independent contributor (`replica`, an item of their lease). Once the prompt
+    closes the two are compared: pass rates for verifiable prompts, reward and length for the
+    others. The replica's samples are a check, not data (Sample.replica)."""
+
+    original = models.OneToOneField(LeaseItem, on_delete=models.CASCADE, related_name="spot_check")
+    slot = models.ForeignKey(Slot, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)  # the slot's, for the leasing query
+    # The original's contributor: the replica is never leased to them.
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    n = models.PositiveIntegerField()
+    replica = models.OneToOneField(
+        LeaseItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="replica_of"
+    )
+    replica_contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    state = models.CharField(
+        max_length=16, choices=SpotCheckState.choices, default=SpotCheckState.OPEN
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    compared_at = models.DateTimeField(null=True, blank=True)
+    agree = models.BooleanField(null=True, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [
+            # Leasing looks for open checks of a model's slots, oldest first.
+            models.Index(
+                fields=["model", "created_at"],
+                condition=Q(state="open"),
+                name="spotcheck_open",
+            ),
+            models.Index(fields=["contributor", "compared_at"], name="spotcheck_by_original"),
+            models.Index(
+                fields=["replica_contributor", "compared_at"], name="spotcheck_by_replica"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"spot check of item {self.original_id} ({self.state})"

@@ -39,12 +39,15 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from scoring.models import Flag, FlagKind
+from scoring.models import Flag, FlagKind, Sample
 
-# Sent inside the transaction that raised them (on commit, receivers may act), with `kind` and
-# `sample_ids`: flags newly raised or raised again after their condition had gone away.
-# contributors (trust) may listen; scoring imports nothing of it.
+# Sent inside the transaction that raised them, with `kind` and `flag_ids`: flags newly raised
+# or raised again after their condition had gone away. contributors.services.trust counts them
+# against their contributors; scoring imports nothing of it.
 flags_raised = Signal()
+# Sent inside the transaction that cleared them, with `flag_ids`: a maintainer found them
+# unfounded, and what was built on them (trust) is taken back.
+flags_cleared = Signal()
 
 # Keys of a flag's evidence that bookkeeping writes (not what the check found).
 RESOLVED_KEYS = ("resolved_at", "resolved")
@@ -65,18 +68,42 @@ def raise_flag(*, sample_id: int, kind: str, evidence: Mapping[str, Any]) -> Fla
     nothing."""
     if kind not in FlagKind.values:
         raise FlagError(f"unknown flag kind {kind!r}")
+    contributor_id = Sample.objects.filter(pk=sample_id).values_list("contributor_id", flat=True)
     flag, created = Flag.objects.select_for_update().get_or_create(
-        sample_id=sample_id, kind=kind, defaults={"evidence": dict(evidence)}
+        sample_id=sample_id,
+        kind=kind,
+        defaults={"evidence": dict(evidence), "contributor_id": contributor_id.get()},
     )
+    return _raised(flag, created, evidence)
+
+
+@transaction.atomic
+def raise_conduct_flag(*, contributor_id: int, kind: str, evidence: Mapping[str, Any]) -> Flag:
+    """Raises (or refreshes) the open `kind` flag about a contributor's conduct (no sample):
+    hoarding, persistent disagreement with spot checks. While one is open, raising it again
+    replaces its evidence; after a maintainer cleared it, a new one is raised."""
+    if kind not in FlagKind.values:
+        raise FlagError(f"unknown flag kind {kind!r}")
+    flag, created = Flag.objects.select_for_update().get_or_create(
+        contributor_id=contributor_id,
+        sample=None,
+        kind=kind,
+        cleared_at=None,
+        defaults={"evidence": dict(evidence)},
+    )
+    return _raised(flag, created, evidence)
+
+
+def _raised(flag: Flag, created: bool, evidence: Mapping[str, Any]) -> Flag:
     if created:
-        flags_raised.send(sender=Flag, kind=kind, sample_ids=[sample_id])
+        flags_raised.send(sender=Flag, kind=flag.kind, flag_ids=[flag.pk])
         return flag
     if flag.cleared_at is None and flag.evidence != dict(evidence):
         came_back = any(k in flag.evidence for k in RESOLVED_KEYS)
         flag.evidence = dict(evidence)
         flag.save(update_fields=["evidence"])
         if came_back:
-            flags_raised.send(sender=Flag, kind=kind, sample_ids=[sample_id])
+            flags_raised.send(sender=Flag, kind=flag.kind, flag_ids=[flag.pk])
     return flag
 
 
@@ -97,8 +124,13 @@ def sync_copy_flags(
         for flag in Flag.objects.filter(kind=FlagKind.COPY, sample_id__in=checked)
     }
     raised: list[int] = []
+    owners = dict(
+        Sample.objects.filter(pk__in=[pk for pk in copies if pk not in existing]).values_list(
+            "pk", "contributor_id"
+        )
+    )
     new = [
-        Flag(sample_id=pk, kind=FlagKind.COPY, evidence=dict(evidence))
+        Flag(sample_id=pk, contributor_id=owners[pk], kind=FlagKind.COPY, evidence=dict(evidence))
         for pk, evidence in sorted(copies.items())
         if pk not in existing
     ]
@@ -106,7 +138,7 @@ def sync_copy_flags(
         # A concurrent rebuild of the prompt (SQLite, or outside the advisory lock) may have
         # raised one meanwhile: the unique (sample, kind) keeps one.
         Flag.objects.bulk_create(new, ignore_conflicts=True)
-        raised.extend(f.sample_id for f in new)
+        raised.extend(f.sample_id for f in new if f.sample_id is not None)
     for pk, flag in existing.items():
         if flag.cleared_at is not None:
             continue
@@ -125,7 +157,10 @@ def sync_copy_flags(
                 }
             )
     if raised:
-        flags_raised.send(sender=Flag, kind=FlagKind.COPY, sample_ids=sorted(raised))
+        flag_ids = Flag.objects.filter(kind=FlagKind.COPY, sample_id__in=raised).values_list(
+            "pk", flat=True
+        )
+        flags_raised.send(sender=Flag, kind=FlagKind.COPY, flag_ids=sorted(flag_ids))
     return sorted(raised)
 
 
@@ -160,4 +195,5 @@ def clear_flags(*, flag_ids: Iterable[int], by: Any, reason: str) -> list[int]:
         reason=reason,
         details={"kinds": dict(Counter(kind for _, kind in rows))},
     )
+    flags_cleared.send(sender=Flag, flag_ids=ids)
     return ids

@@ -268,6 +268,10 @@ class Sample(models.Model):
     generation_ms = models.PositiveIntegerField(null=True, blank=True)
     # Counted towards its slot's target (False: late or beyond what was asked, kept as extra).
     counted = models.BooleanField(default=True)
+    # Uploaded for a spot check (contributors.services.spotchecks): a second contributor's
+    # samples of a slot already served, asked only to compare with the first. A check, not
+    # data: counted towards no target, credit, bounty or progress, and never selected.
+    replica = models.BooleanField(default=False)
     status = models.CharField(
         max_length=16, choices=SampleStatus.choices, default=SampleStatus.RECEIVED
     )
@@ -677,15 +681,23 @@ class FlagKind(models.TextChoices):
 
 
 class Flag(models.Model):
-    """An automatic suspicion about one sample, for a maintainer to look at (scoring/flags.py):
-    what was found (`kind`) and why (`evidence`, JSON: for a copy, the original sample, its
-    contributor, the similarity). One per (sample, kind): raising it again updates the
-    evidence. A flag is open until a maintainer clears it (who, when, why); a cleared flag is
+    """An automatic suspicion about one sample, or about a contributor's conduct (no sample),
+    for a maintainer to look at (scoring/flags.py): what was found (`kind`) and why
+    (`evidence`, JSON: for a copy, the original sample, its contributor, the similarity). One
+    per (sample, kind), or one open per (contributor, kind) for conduct: raising it again
+    updates the evidence. A flag is open until a maintainer clears it (who, when, why); a cleared flag is
     never raised again by the same check, and one whose condition went away stays as it is
     (`evidence.resolved` says since when) for a maintainer to clear. Flags move nothing by
     themselves: quarantine and bans are maintainers' decisions."""
 
-    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="flags")
+    # The sample it is about; none for a flag about the contributor's conduct as a whole
+    # (hoarding leases, persistent disagreement with spot checks).
+    sample = models.ForeignKey(
+        Sample, on_delete=models.CASCADE, null=True, blank=True, related_name="flags"
+    )
+    contributor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flags"
+    )
     kind = models.CharField(max_length=32, choices=FlagKind.choices)
     evidence = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -698,7 +710,18 @@ class Flag(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["sample", "kind"], name="flag_unique_sample_kind"),
+            models.UniqueConstraint(
+                fields=["sample", "kind"],
+                condition=Q(sample__isnull=False),
+                name="flag_unique_sample_kind",
+            ),
+            # One open flag per contributor and kind about their conduct: raising it again
+            # updates its evidence; once cleared, a new one may be raised.
+            models.UniqueConstraint(
+                fields=["contributor", "kind"],
+                condition=Q(sample__isnull=True, cleared_at__isnull=True),
+                name="flag_unique_open_conduct",
+            ),
             models.CheckConstraint(
                 condition=Q(kind__in=[k.value for k in FlagKind]), name="flag_kind_valid"
             ),
@@ -714,7 +737,8 @@ class Flag(models.Model):
 
     def __str__(self) -> str:
         state = "cleared" if self.cleared_at else "open"
-        return f"{self.kind} on sample {self.sample_id} ({state})"
+        about = f"sample {self.sample_id}" if self.sample_id else f"user {self.contributor_id}"
+        return f"{self.kind} on {about} ({state})"
 
     @property
     def is_open(self) -> bool:

@@ -487,6 +487,26 @@ THINKPOOL_TRUST: dict[str, Any] = {
     "grow": env_int("THINKPOOL_TRUST_GROW", 2, minimum=0),
     "cut": env_float("THINKPOOL_TRUST_CUT", 0.5, minimum=0.0, maximum=1.0),
     "trust_streak": env_int("THINKPOOL_TRUST_STREAK", 10, minimum=1),
+    # Spot checks (contributors.services.spotchecks): the share of a contributor's lease items
+    # asked again of a second contributor, from `spot_check_max` at trust 0 down to
+    # `spot_check_min` at trust 1; at most `replica_share` of any lease's prompts are replicas.
+    "spot_check_max": env_float("THINKPOOL_SPOT_CHECK_MAX", 0.2, minimum=0.0, maximum=1.0),
+    "spot_check_min": env_float("THINKPOOL_SPOT_CHECK_MIN", 0.02, minimum=0.0, maximum=1.0),
+    "replica_share": env_float("THINKPOOL_REPLICA_SHARE", 0.25, minimum=0.0, maximum=1.0),
+    # Two sides disagree when their pass rates differ by `disagree_gap` or more (verifiable
+    # prompts), or (others) their mean normalised rewards by `disagree_reward_gap` or their
+    # mean lengths by a factor of `disagree_length_ratio`. Disagreement is persistent (flag)
+    # once a contributor has `disagree_min` disagreements that are at least `disagree_share`
+    # of their last `disagree_window` compared checks.
+    "disagree_gap": env_float("THINKPOOL_DISAGREE_GAP", 0.5, minimum=0.0, maximum=1.0),
+    "disagree_reward_gap": env_float("THINKPOOL_DISAGREE_REWARD_GAP", 1.0, minimum=0.0),
+    "disagree_length_ratio": env_float("THINKPOOL_DISAGREE_LENGTH_RATIO", 2.0, minimum=1.0),
+    "disagree_min": env_int("THINKPOOL_DISAGREE_MIN", 3, minimum=1),
+    "disagree_share": env_float("THINKPOOL_DISAGREE_SHARE", 0.5, minimum=0.0, maximum=1.0),
+    "disagree_window": env_int("THINKPOOL_DISAGREE_WINDOW", 20, minimum=1),
+    # A hoarding flag (for maintainers) once a contributor's lease items expired owing samples
+    # `hoard_flag_after` times within a day.
+    "hoard_flag_after": env_int("THINKPOOL_HOARD_FLAG_AFTER", 3, minimum=1),
 }
 
 LOGGING = {

@@ -437,6 +437,9 @@ class StandingOutSerializer(serializers.Serializer):
     valid = serializers.IntegerField()
     invalid = serializers.IntegerField()
     expired = serializers.IntegerField(help_text="Lease items left to expire owing samples.")
+    flagged = serializers.IntegerField(
+        help_text="Automatic flags raised on your samples or conduct (not cleared)."
+    )
     daily_quota = serializers.IntegerField(help_text="Prompts it may lease per UTC day.")
     leased_today = serializers.IntegerField()
     left_today = serializers.IntegerField()

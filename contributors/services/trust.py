@@ -6,10 +6,13 @@ their profile page and in `GET /api/v1/me/`):
 
 * a valid sample (verified; not quarantined, not a duplicate):
       streak += 1, valid += 1, quota = min(max_quota, quota + grow)
-* an invalid sample (rejected; not quarantined), or an expired lease item (a lease that
-  expired with samples of the item still owed: hoarding):
-      streak = 0, invalid (or expired) += 1, quota = max(min_quota, floor(quota * cut))
-* trust = min(1, streak / trust_streak) * (1 - (invalid + expired) / (valid + invalid + expired))
+* an invalid sample (rejected; not quarantined), an expired lease item (a lease that
+  expired with samples of the item still owed: hoarding), or an automatic flag (scoring.Flag:
+  a copy of another contributor's sample, a claimed model not attested, persistent
+  disagreement with spot checks):
+      streak = 0, invalid (expired, flagged) += 1, quota = max(min_quota, floor(quota * cut))
+* trust = min(1, streak / trust_streak) * (1 - bad / all), bad = invalid + expired + flagged,
+  all = valid + bad
   (0 with nothing counted yet): trusted only after trust_streak valid samples in a row, and
   less the larger the share of bad work over the whole history (no window: a long honest
   history dilutes an old failure, a streak restarts after each one).
@@ -26,6 +29,9 @@ streak and quota, so each of them is a disclosure):
 * samples rejected by gold-free checks alone (format, truncation, repetition, language) are
   disclosed at once by scoring.disclosure and could count at once; for simplicity they count
   with the rest, when the prompt closes;
+* a flag, at once (scoring.flags.flags_raised): no flag is derived from the gold. A
+  maintainer who clears a flag takes its event back (scoring.flags.flags_cleared): the
+  contributor's and their nodes' reputation is replayed from the remaining events;
 * an expired lease item, at once (when the lease expires: leasing.expire_overdue_leases, or a
   release that comes after the deadline). A release before the deadline costs nothing: the
   work goes back to the pool in time, and the leased prompts still count for the day.
@@ -70,7 +76,8 @@ from contributors.models import (
     ReputationKind,
 )
 from contributors.services.errors import ServiceError
-from scoring.models import Prompt, Sample, SampleStatus
+from scoring.flags import flags_cleared, flags_raised
+from scoring.models import Flag, FlagKind, Prompt, Sample, SampleStatus
 from scoring.signals import disclosed_changed
 
 logger = logging.getLogger(__name__)
@@ -81,6 +88,7 @@ SETTLE_CHUNK = 200
 SWEEP_WINDOW_S = 1200
 
 VALID, INVALID, EXPIRED = ReputationKind.VALID, ReputationKind.INVALID, ReputationKind.EXPIRED
+FLAGGED = ReputationKind.FLAGGED
 _JUDGED = [str(VALID), str(INVALID)]
 
 R = TypeVar("R", Reputation, NodeReputation)
@@ -103,13 +111,14 @@ def initial_quota() -> int:
     return clamp_quota(int(params()["initial_quota"]))
 
 
-def trust_of(*, streak: int, valid: int, invalid: int, expired: int) -> float:
+def trust_of(*, streak: int, valid: int, invalid: int, expired: int, flagged: int = 0) -> float:
     """min(1, streak / trust_streak) * (1 - bad share); 0 when nothing was counted."""
-    total = valid + invalid + expired
+    bad = invalid + expired + flagged
+    total = valid + bad
     if total <= 0:
         return 0.0
     ramp = min(1.0, streak / max(int(params()["trust_streak"]), 1))
-    return max(0.0, min(1.0, ramp * (1.0 - (invalid + expired) / total)))
+    return max(0.0, min(1.0, ramp * (1.0 - bad / total)))
 
 
 def apply(rep: ReputationFields, kind: str) -> None:
@@ -119,17 +128,23 @@ def apply(rep: ReputationFields, kind: str) -> None:
         rep.streak += 1
         rep.valid += 1
         rep.daily_quota = clamp_quota(rep.daily_quota + int(cfg["grow"]))
-    elif kind in (INVALID, EXPIRED):
+    elif kind in (INVALID, EXPIRED, FLAGGED):
         rep.streak = 0
         if kind == INVALID:
             rep.invalid += 1
-        else:
+        elif kind == EXPIRED:
             rep.expired += 1
+        else:
+            rep.flagged += 1
         rep.daily_quota = clamp_quota(math.floor(rep.daily_quota * float(cfg["cut"])))
     else:
         raise ValueError(f"unknown reputation event {kind!r}")
     rep.trust = trust_of(
-        streak=rep.streak, valid=rep.valid, invalid=rep.invalid, expired=rep.expired
+        streak=rep.streak,
+        valid=rep.valid,
+        invalid=rep.invalid,
+        expired=rep.expired,
+        flagged=rep.flagged,
     )
 
 
@@ -154,7 +169,16 @@ def _locked(model: type[R], field: str, keys: Iterable[int]) -> dict[int, R]:
     return {getattr(row, field): row for row in rows}
 
 
-_FIELDS = ["streak", "valid", "invalid", "expired", "trust", "daily_quota", "updated_at"]
+_FIELDS = [
+    "streak",
+    "valid",
+    "invalid",
+    "expired",
+    "flagged",
+    "trust",
+    "daily_quota",
+    "updated_at",
+]
 
 
 def _move(events: Sequence[ReputationEvent]) -> None:
@@ -318,6 +342,74 @@ def record_expired(items: Iterable[tuple[int, int, int | None]]) -> int:
     return len(events)
 
 
+# --- flags -----------------------------------------------------------------------------------
+
+# Hoarding is counted per expired item already (record_expired); its flag is for maintainers.
+_NOT_COUNTED_FLAGS = {str(FlagKind.HOARDING)}
+
+
+@receiver(flags_raised, dispatch_uid="trust-flags-raised")
+def _count_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
+    """Each flag raised counts once against its contributor (and the sample's node), in the
+    transaction that raised it. A flag raised again after resolving is not counted again."""
+    rows = (
+        Flag.objects.filter(pk__in=list(flag_ids), cleared_at__isnull=True)
+        .exclude(kind__in=_NOT_COUNTED_FLAGS)
+        .filter(~Exists(ReputationEvent.objects.filter(flag=OuterRef("pk"), kind=FLAGGED)))
+        .order_by("pk")
+        .values_list("pk", "contributor_id", "sample__origin__node_id")
+    )
+    now = timezone.now()
+    _move(
+        [
+            ReputationEvent(
+                contributor_id=contributor_id, node_id=node_id, kind=FLAGGED, flag_id=pk, at=now
+            )
+            for pk, contributor_id, node_id in rows
+        ]
+    )
+
+
+@receiver(flags_cleared, dispatch_uid="trust-flags-cleared")
+def _uncount_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
+    """A maintainer cleared these flags as unfounded: their events go, and the reputation of
+    their contributors and nodes is replayed from what remains."""
+    events = ReputationEvent.objects.filter(flag_id__in=list(flag_ids), kind=FLAGGED)
+    people = set(events.values_list("contributor_id", flat=True))
+    if not people:
+        return
+    events.delete()
+    for contributor_id in sorted(people):
+        replay(contributor_id=contributor_id)
+
+
+def replay(*, contributor_id: int) -> None:
+    """Recomputes a contributor's reputation, and their nodes', from the ledger: every event
+    applied in order to a fresh start (the initial quota). A repair, and how a voided event
+    is taken back. Inside a transaction; locks the rows like `_move`."""
+    people = _locked(Reputation, "contributor_id", [contributor_id])
+    events = list(
+        ReputationEvent.objects.filter(contributor_id=contributor_id).order_by("at", "pk")
+    )
+    nodes = _locked(NodeReputation, "node_id", {e.node_id for e in events if e.node_id})
+    start = initial_quota()
+    rows: list[ReputationFields] = [people[contributor_id], *nodes.values()]
+    for row in rows:
+        row.streak = row.valid = row.invalid = row.expired = row.flagged = 0
+        row.trust = 0.0
+        row.daily_quota = start
+    for e in events:
+        apply(people[contributor_id], e.kind)
+        if e.node_id in nodes:
+            apply(nodes[e.node_id], e.kind)
+    now = timezone.now()
+    for row in rows:
+        row.updated_at = now
+    Reputation.objects.bulk_update([people[contributor_id]], _FIELDS)
+    if nodes:
+        NodeReputation.objects.bulk_update(list(nodes.values()), _FIELDS)
+
+
 # --- the daily quota --------------------------------------------------------------------------
 
 
@@ -413,6 +505,7 @@ def _shown(rep: ReputationFields | None, used: int, now: datetime) -> dict[str, 
         "valid": rep.valid if rep else 0,
         "invalid": rep.invalid if rep else 0,
         "expired": rep.expired if rep else 0,
+        "flagged": rep.flagged if rep else 0,
         "daily_quota": quota,
         "leased_today": used,
         "left_today": max(quota - used, 0),

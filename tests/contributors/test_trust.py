@@ -410,6 +410,7 @@ def test_me_shows_trust_quota_streak_and_use_today(api, user, node, lease):
         "valid": 1,
         "invalid": 0,
         "expired": 0,
+        "flagged": 0,
         "daily_quota": 52,
         "leased_today": 3,
         "left_today": 49,

@@ -121,7 +121,8 @@ def test_copy_flags_are_raised_once_and_signalled_once():
         flags_raised.disconnect(receiver)
     flag = Flag.objects.get()
     assert (flag.pk, flag.evidence, flag.created_at) == (first.pk, first.evidence, first.created_at)
-    assert sent == [{"kind": "copy", "sample_ids": [copy.pk]}]
+    assert sent == [{"kind": "copy", "flag_ids": [flag.pk]}]
+    assert (flag.sample_id, flag.contributor_id) == (copy.pk, copier.pk)
 
 
 def test_a_flag_whose_copy_no_longer_holds_stays_open_marked_resolved_and_comes_back():
