@@ -685,10 +685,11 @@ class Flag(models.Model):
     for a maintainer to look at (scoring/flags.py): what was found (`kind`) and why
     (`evidence`, JSON: for a copy, the original sample, its contributor, the similarity). One
     per (sample, kind), or one open per (contributor, kind) for conduct: raising it again
-    updates the evidence. A flag is open until a maintainer clears it (who, when, why); a cleared flag is
-    never raised again by the same check, and one whose condition went away stays as it is
-    (`evidence.resolved` says since when) for a maintainer to clear. Flags move nothing by
-    themselves: quarantine and bans are maintainers' decisions."""
+    updates the evidence. A flag is open until a maintainer clears it (who, when, why); a
+    cleared flag is never raised again by the same check, and one whose condition went away
+    stays as it is (`evidence.resolved` says since when) for a maintainer to clear. A flag
+    counts against its contributor's trust (contributors.services.trust) until cleared;
+    quarantine and bans stay maintainers' decisions."""
 
     # The sample it is about; none for a flag about the contributor's conduct as a whole
     # (hoarding leases, persistent disagreement with spot checks).
