@@ -64,18 +64,35 @@ def settle_trust(prompt_ids: list[int]) -> int:
 
 
 @shared_task(
+    name="contributors.compare_spot_checks",
+    queue="maintenance",
+    acks_late=True,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def compare_spot_checks(prompt_ids: list[int]) -> int:
+    """Compares the spot checks of these prompts once closed and judged
+    (contributors.services.spotchecks); idempotent."""
+    from contributors.services import spotchecks
+
+    return spotchecks.compare_prompts(prompt_ids=prompt_ids)
+
+
+@shared_task(
     name="contributors.sweep_trust",
     queue="maintenance",
     acks_late=True,
     soft_time_limit=240,
     time_limit=300,
 )
-def sweep_trust() -> int:
+def sweep_trust() -> dict[str, int]:
     """Every ten minutes (beat): queues settling of trust for closed prompts whose samples
-    changed status lately, so a lost settle message costs minutes."""
+    changed status lately, so a lost settle message costs minutes; and deletes daily lease
+    counts older than trust.LEASE_DAY_KEEP_DAYS, in bounded batches (only today's is read).
+    Idempotent."""
     from contributors.services import trust
 
-    return trust.sweep()
+    return {"queued": trust.sweep(), "lease_days_deleted": trust.prune_lease_days()}
 
 
 @shared_task(

@@ -19,7 +19,9 @@ The rule (DESIGN.md: "verdicts are not an oracle"), in one place:
   prompt closes); never received / scoring / verified / error.
 * Once the prompt is closed: the real status, status_reason and verdict statuses (never
   `details` or `score`: details can quote a hidden test, and a code score is tests passed /
-  total).
+  total). Model attestation verdicts (scoring/attesting.py) are never listed: they judge
+  the contributor's claim, not the sample, and which samples were drawn and how they fared
+  would help tune a forgery (a flag they lead to shows only in the contributor's counts).
 * Aggregates (a contributor's own counts, the public totals) split by status only samples of
   closed prompts; samples of open prompts are one number, `awaiting_disclosure`.
 
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, QuerySet
 
+from scoring.attesting import VERIFIER as ATTESTATION_VERIFIER
 from scoring.models import Prompt, PromptSet, Sample, SampleStatus, VerdictStatus
 from scoring.pipeline import CORRECTNESS_VERIFIERS, candidate_for
 
@@ -51,6 +54,9 @@ AWAITING_REASON = "correctness is disclosed when the prompt closes"
 AWAITING_DISCLOSURE = "awaiting_disclosure"
 
 _FAILED = (VerdictStatus.FAIL, VerdictStatus.TIMEOUT)
+# Verdicts about the contributor, not the sample, never listed to them: model attestation
+# (scoring/attesting.py; which samples were drawn, and how they fared, would help a forger).
+NOT_SHOWN = frozenset({ATTESTATION_VERIFIER})
 
 
 def is_disclosed(prompt: Prompt) -> bool:
@@ -99,6 +105,7 @@ def contributor_view(sample: Sample) -> dict[str, Any]:
             {"verifier": v.verifier, "version": v.version, "status": v.status}
             # Through the relation, so a list that prefetched `verdicts` costs no query here.
             for v in sorted(sample.verdicts.all(), key=lambda v: v.pk)
+            if v.verifier not in NOT_SHOWN
         ]
         return {
             "disclosed": True,

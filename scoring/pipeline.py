@@ -45,7 +45,7 @@ from django.db.models import CharField, F, Q, QuerySet, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
-from scoring import counters, progress, stats
+from scoring import attesting, counters, progress, stats
 from scoring.models import PromptGold, Sample, SampleStatus, Verdict, VerdictStatus
 from scoring.signals import disclosed_changed
 from scoring.verifiers.base import Candidate, Gold, Outcome, Status
@@ -197,12 +197,20 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
     # One read for all: the per (prompt, model) stats, whether the prompt is closed, and the
     # set's progress cell (scoring/progress.py).
     rows = Sample.objects.filter(pk__in=[pk for pk, _, _ in changed]).values_list(
-        "pk", "prompt_id", "model", "prompt__closed_at", "prompt__prompt_set_id", "temperature"
+        "pk",
+        "prompt_id",
+        "model",
+        "prompt__closed_at",
+        "prompt__prompt_set_id",
+        "temperature",
+        "replica",
     )
-    keys, closed, cells = {}, set(), {}
-    for pk, prompt_id, model, closed_at, set_id, temperature in rows:
+    keys, closed, cells, replicas = {}, set(), {}, set()
+    for pk, prompt_id, model, closed_at, set_id, temperature, replica in rows:
         keys[pk] = (prompt_id, model)
         cells[pk] = (set_id, model, temperature)
+        if replica:
+            replicas.add(pk)
         if closed_at is not None:
             closed.add(pk)
     stats.record_moves(changed, keys=keys)
@@ -213,7 +221,10 @@ def _count_moves(moves: list[tuple[int, str, str]]) -> None:
             deltas[counters.closed_samples(new)] = deltas.get(counters.closed_samples(new), 0) + 1
     counters.add(deltas)
     # Verified / rejected of closed prompts only: a verdict on an open one moves nothing.
-    progress.record_moves((cells[pk], old, new) for pk, old, new in changed if pk in closed)
+    # (A spot check's replica is no progress.)
+    progress.record_moves(
+        (cells[pk], old, new) for pk, old, new in changed if pk in closed and pk not in replicas
+    )
     if closed:
         disclosed_changed.send(sender=Sample, prompt_ids=sorted({keys[pk][0] for pk in closed}))
 
@@ -335,9 +346,14 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
     # missing, math worker crashed): worth another try later. "Could not be judged" (gold
     # that does not parse) is not: the same inputs give the same answer.
     transient = any(v.status == VerdictStatus.ERROR for v in verdicts)
-    return _finish(
+    settled = _finish(
         held, status, reason, transient=transient, verdicts=fresh, override=sample.override
     )
+    if settled:
+        # Model attestation (scoring/attesting.py): a sampled few, chosen and queued on
+        # commit; evidence about the contributor, never part of the status settled above.
+        attesting.on_scored(sample)
+    return settled
 
 
 def _upsert(verdicts: list[Verdict]) -> None:

@@ -143,12 +143,11 @@ def truth() -> dict[Cell, Delta]:
     """What every cell should hold, counted from the rows (full scans: for repairs only)."""
     values: dict[Cell, list[int]] = defaultdict(lambda: [0, 0, 0])
     key = ("prompt__prompt_set_id", "model", "temperature")
-    for set_id, model, temperature, n in (
-        Sample.objects.order_by().values_list(*key).annotate(n=Count("pk"))
-    ):
+    data = Sample.objects.filter(replica=False)  # a spot check's replica is no progress
+    for set_id, model, temperature, n in data.order_by().values_list(*key).annotate(n=Count("pk")):
         values[(set_id, model, _temperature(temperature))][0] += n
     for set_id, model, temperature, status, n in (
-        Sample.objects.filter(
+        data.filter(
             prompt__closed_at__isnull=False,
             status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
         )

@@ -145,11 +145,12 @@ def _margin(chosen: Candidate, rejected: Candidate) -> float:
 
 def settled_q(prefix: str = "") -> Q:
     """A sample (reached by `prefix`, e.g. "sample__") that is judged and not held back
-    (quarantined, banned or deactivated contributor): what selections and releases are made
-    of."""
+    (quarantined, banned or deactivated contributor) and is data (not a spot check's replica):
+    what selections and releases are made of."""
     return (
         Q(**{f"{prefix}status__in": [SampleStatus.VERIFIED, SampleStatus.REJECTED]})
         & Q(**{f"{prefix}quarantined": False})
+        & Q(**{f"{prefix}replica": False})
         & ~Q(**{f"{prefix}contributor__profile__banned": True})
         & ~Q(**{f"{prefix}contributor__is_active": False})
     )

@@ -856,11 +856,11 @@ def _count_closed_samples(prompt_ids: list[int], chunk: int = 1000) -> None:
                 # Locked in id order, as the sweeps lock samples (pipeline._move_back); the
                 # prompts are this transaction's own (locked by the close).
                 cursor.execute(
-                    "SELECT status, prompt_set_id, model, temperature, count(*) FROM ("  # noqa: S608
-                    f"SELECT s.status, p.prompt_set_id, s.model, s.temperature FROM {table} s "
-                    f"JOIN {prompts} p ON p.id = s.prompt_id WHERE s.prompt_id = ANY(%s) "
-                    "ORDER BY s.id FOR SHARE OF s) AS locked "
-                    "GROUP BY status, prompt_set_id, model, temperature",
+                    "SELECT status, prompt_set_id, model, temperature, replica, count(*) FROM ("  # noqa: S608
+                    "SELECT s.status, p.prompt_set_id, s.model, s.temperature, s.replica "
+                    f"FROM {table} s JOIN {prompts} p ON p.id = s.prompt_id "
+                    "WHERE s.prompt_id = ANY(%s) ORDER BY s.id FOR SHARE OF s) AS locked "
+                    "GROUP BY status, prompt_set_id, model, temperature, replica",
                     [ids],
                 )
                 rows = cursor.fetchall()
@@ -868,13 +868,14 @@ def _count_closed_samples(prompt_ids: list[int], chunk: int = 1000) -> None:
             rows = list(
                 Sample.objects.filter(prompt_id__in=ids)
                 .order_by()
-                .values_list("status", "prompt__prompt_set_id", "model", "temperature")
+                .values_list("status", "prompt__prompt_set_id", "model", "temperature", "replica")
                 .annotate(n=Count("pk"))
             )
-        for status, set_id, model, temperature, n in rows:
+        for status, set_id, model, temperature, replica, n in rows:
             name = counters.closed_samples(status)
             deltas[name] = deltas.get(name, 0) + n
-            cells.append(((set_id, model, temperature), status, n))
+            if not replica:  # a spot check's replica is no progress
+                cells.append(((set_id, model, temperature), status, n))
     counters.add(deltas)
     progress.closed(cells)
 

@@ -434,6 +434,37 @@ def score_rewards(sample_ids: list[int], model: str, version: int) -> int:
 
 
 @shared_task(
+    name="scoring.attest_samples",
+    queue="gpu",
+    acks_late=True,
+    soft_time_limit=1800,
+    time_limit=1900,
+)
+def attest_samples(sample_ids: list[int]) -> int:
+    """Model attestation (scoring/attesting.py): one teacher-forced forward pass of each
+    sample's claimed model (loaded once per worker process; a GPU when the worker has one),
+    an `attestation` verdict per sample, then the contributor's pooled check, which may flag.
+    Safe to run twice: samples attested at this version are not attested again, and raising
+    the same flags again changes nothing. Returns how many verdicts it stored."""
+    from scoring import attesting
+
+    return attesting.attest_samples(sample_ids=sample_ids)
+
+
+def queue_attestation(sample_ids: Sequence[int]) -> bool:
+    """Sends samples to the attestation task now. Never raises: attestation is a sampled
+    check, so a message the broker did not take is logged and the samples go unattested."""
+    try:
+        attest_samples.apply_async(
+            (list(sample_ids),), retry=True, retry_policy=PUBLISH_RETRY_POLICY
+        )
+    except Exception:
+        logger.warning("could not queue %d samples for attestation", len(sample_ids), exc_info=True)
+        return False
+    return True
+
+
+@shared_task(
     name="scoring.publish_release",
     queue="publish",
     acks_late=True,

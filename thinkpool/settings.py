@@ -7,6 +7,7 @@ With DEBUG off, SECRET_KEY and ALLOWED_HOSTS must be set explicitly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import timedelta
@@ -426,15 +427,56 @@ THINKPOOL_SELECTION: dict[str, Any] = {
 # default): ranking by correctness and length alone.
 THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
 
-# Model attestation (scoring/attestation.py): does a sample look like the model, temperature and
-# top-p it claims? `models` maps a claimed model name to the local path or id that checks it (or
-# {"path": ..., "think": {"open": "<think>\n", "close": "\n</think>\n\n"}}); a claim not
-# listed is not attested. Thresholds calibrated on tiny models (tests/scoring/test_attestation.py):
+# Model attestation (scoring/attestation.py, scoring/attesting.py): does a sample look like the
+# model, temperature and top-p it claims? `models` (THINKPOOL_ATTEST_MODELS, a JSON object) maps
+# a claimed model name to the local path or Hub id that checks it, or to
+# {"path": ..., "think": {"open": "<think>\n", "close": "\n</think>\n\n"}} for a model whose
+# reasoning markup differs; a claim not listed is never attested. When a sample of a listed model
+# finishes scoring, it is attested (a `gpu`-queue task: one teacher-forced forward pass) with
+# probability `sample_fraction` (THINKPOOL_ATTEST_FRACTION; an unpredictable draw), and always
+# while its contributor has an open flag. The attestation verdict is evidence, never part of the
+# sample's status. Decision (thresholds calibrated on tiny models, tests/scoring/test_attestation.py):
 # pass when at most `max_outside` of the completion tokens fall outside the claimed top-p nucleus
 # and the Fast-DetectGPT-style z of their log-probabilities is at least `min_z`; fewer than
-# `min_tokens` scored tokens is inconclusive. `max_tokens`: completion tokens scored per sample.
+# `min_tokens` scored tokens is inconclusive (stored as skipped). One sample is weak evidence
+# (2-3 % of honest samples fail alone), so a flag rests on `pool_size` of a contributor's latest
+# attested samples of one (model, temperature) pooled: a pooled fail flags the failed ones.
+# `max_tokens`: completion tokens scored per sample.
+def _attest_models(name: str) -> dict[str, Any]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        models = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object, got {raw!r} ({exc}).") from None
+    if not isinstance(models, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of model name -> path.")
+    for claimed, entry in models.items():
+        if isinstance(entry, str) and entry:
+            continue
+        think = entry.get("think", {}) if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("path"), str)
+            or not entry["path"]
+            or set(entry) - {"path", "think"}
+            or not isinstance(think, dict)
+            or set(think) - {"open", "close"}
+            or not all(isinstance(v, str) for v in think.values())
+        ):
+            raise ImproperlyConfigured(
+                f"{name}: model {claimed!r} must map to a path, or to "
+                '{"path": ..., "think": {"open": ..., "close": ...}}, '
+                f"got {entry!r}."
+            )
+    return models
+
+
 THINKPOOL_ATTESTATION: dict[str, Any] = {
-    "models": {},
+    "models": _attest_models("THINKPOOL_ATTEST_MODELS"),
+    "sample_fraction": env_float("THINKPOOL_ATTEST_FRACTION", 0.02, minimum=0.0, maximum=1.0),
+    "pool_size": env_int("THINKPOOL_ATTEST_POOL_SIZE", 10, minimum=2, maximum=1000),
     "max_outside": env_float("THINKPOOL_ATTEST_MAX_OUTSIDE", 0.10, minimum=0.0, maximum=1.0),
     "min_z": env_float("THINKPOOL_ATTEST_MIN_Z", -3.0, minimum=-1000.0, maximum=1000.0),
     "min_tokens": env_int("THINKPOOL_ATTEST_MIN_TOKENS", 16, minimum=1),

@@ -126,6 +126,7 @@ def count_verified(bounty: Bounty) -> dict[int, int]:
         status=SampleStatus.VERIFIED,
         quarantined=False,
         duplicate_of__isnull=True,
+        replica=False,  # a spot check's replica counts towards no target
         received_at__gte=bounty.created_at,
     ).exclude(contributor_id__in=Profile.objects.filter(banned=True).values("user_id"))
     if bounty.deadline is not None:

@@ -139,8 +139,11 @@ def difficulties(prompt_ids: Sequence[int]) -> dict[int, float | None]:
 
 
 def counted_samples() -> Q:
-    """The samples that earn credit (besides their prompt being closed)."""
-    return Q(status=SampleStatus.VERIFIED, quarantined=False, duplicate_of__isnull=True)
+    """The samples that earn credit (besides their prompt being closed). A spot check's replica
+    earns none: replication never counts twice."""
+    return Q(
+        status=SampleStatus.VERIFIED, quarantined=False, duplicate_of__isnull=True, replica=False
+    )
 
 
 # --- settling ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from contributors.models import (
     Profile,
     Slot,
 )
-from contributors.services import ledger, model_policy, trust
+from contributors.services import ledger, model_policy, spotchecks, trust
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
 from contributors.services.uploads import stored_per_key
@@ -157,21 +157,40 @@ def _lease_open_slots(
     # lock, so concurrent requests of one contributor cannot both pass it.
     max_prompts = min(max_prompts, trust.quota_room(node, now=now))
 
+    # Spot checks first (contributors.services.spotchecks): other contributors' items of this
+    # model asked again of this one, a bounded share of the lease.
+    cap = {ps.pk: ps.samples_per_prompt for ps in sets}
+    replicas = spotchecks.take(
+        model=model.model_id,
+        user_id=user_id,
+        limit=spotchecks.replica_room(max_prompts),
+        cap=max(cap.values(), default=0),
+    )
+    replicas = [
+        (check, min(give, cap[check.slot.prompt_set_id]))
+        for check, give in replicas
+        if check.slot.prompt_set_id in cap
+    ]
+    replica_slots = {check.slot_id for check, _ in replicas}
+
     picked: list[tuple[Slot, int, PromptSet]] = []
     for prompt_set in sets:
-        need = max_prompts - len(picked)
+        need = max_prompts - len(replicas) - len(picked)
         if need <= 0:
             break
         taken = ledger.take(prompt_set, model.model_id, need)
         mine = _held_by(user_id, model.model_id, taken)
         for slot in taken:
             give = min(prompt_set.samples_per_prompt - mine[slot.pk], slot.short_by)
-            if give > 0:
+            if give > 0 and slot.pk not in replica_slots:
                 picked.append((slot, give, prompt_set))
-    if not picked:
+    if not picked and not replicas:
         return None, False
 
-    lease_seconds = min(ps.lease_seconds for _, _, ps in picked)
+    lease_seconds = min(
+        [ps.lease_seconds for _, _, ps in picked]
+        + [ps.lease_seconds for ps in sets if ps.pk in {c.slot.prompt_set_id for c, _ in replicas}]
+    )
     lease = Lease.objects.create(
         node=node,
         contributor_id=user_id,
@@ -180,11 +199,16 @@ def _lease_open_slots(
         lease_seconds=lease_seconds,
         deadline=now + timedelta(seconds=lease_seconds),
     )
-    LeaseItem.objects.bulk_create(
+    items = LeaseItem.objects.bulk_create(
         [LeaseItem(lease=lease, slot=slot, n=give) for slot, give, _ in picked]
+        + [LeaseItem(lease=lease, slot=c.slot, n=give, replica=True) for c, give in replicas]
     )
     ledger.promise([(slot, give) for slot, give, _ in picked])
-    trust.count_leased(node, len(picked), now=now)
+    spotchecks.attach(taken=replicas, items={i.slot_id: i for i in items if i.replica})
+    spotchecks.plan(
+        items=[i for i in items if not i.replica], contributor_id=user_id, model=model.model_id
+    )
+    trust.count_leased(node, len(items), now=now)
     return lease, True
 
 
@@ -214,6 +238,7 @@ def release_lease(*, lease: Lease) -> int:
     # Released only after its deadline: it was left to expire (hoarding) all the same.
     owed = _owed([lease], items) if lease.deadline <= timezone.now() else []
     returned = ledger.give_back(items)
+    spotchecks.reopen(items)
     trust.record_expired(owed)
     lease.state = LeaseState.RELEASED
     lease.closed_at = timezone.now()
@@ -236,6 +261,7 @@ def expire_overdue_leases(*, now: Any = None, batch: int = 200) -> int:
             items = list(LeaseItem.objects.filter(lease__in=leases))
             owed = _owed(leases, items)
             ledger.give_back(items)
+            spotchecks.reopen(items)
             # Items left owing samples count against reputation (hoarding).
             trust.record_expired(owed)
             Lease.objects.filter(pk__in=[lease.pk for lease in leases]).update(

@@ -5,7 +5,11 @@ loudly instead of over-assigning):
 
     0 <= filled + outstanding <= target
     filled      = samples stored with the slot's (prompt, model, temperature) and `counted`
-    outstanding = sum of `pending` over the items of its live leases
+    outstanding = sum of `pending` over the items of its live leases, but replicas
+
+A replica item (`LeaseItem.replica`, a spot check: contributors.services.spotchecks) asks a
+second contributor for samples of a slot already served: it is never part of `outstanding`,
+and its samples are stored uncounted (`counted=False`, `replica=True`).
 
 Every change to either goes through a function here: leasing promises (`promise`), uploads
 count (`count_received`), closing a lease gives back (`give_back`), deleting a lease item in any
@@ -202,10 +206,12 @@ def give_back(items: list[LeaseItem]) -> int:
         pending = item.pending
         if pending:
             item.returned += pending
-            by_slot[item.slot_id] += pending
+            if not item.replica:  # a replica's promise was never the slot's
+                by_slot[item.slot_id] += pending
             returned_total += pending
-    if by_slot:
+    if returned_total:
         set_columns(LeaseItem, ["returned"], [(i.pk, i.returned) for i in items])
+    if by_slot:
         slots = list(Slot.objects.select_for_update().filter(pk__in=by_slot).order_by("pk"))
         # A closed prompt's slot wants nothing more (_close_slots): what comes back shrinks
         # its target too, so it never re-enters the pool of open slots.
@@ -253,7 +259,11 @@ def count_received(
                 sample.counted = False
             continue
         slot = slots[item.slot_id]
-        if item.pending > 0:
+        if item.replica:
+            # A spot check's sample: compared, never counted (spotchecks; Sample.replica).
+            sample.counted = False
+            sample.replica = True
+        elif item.pending > 0:
             slot.outstanding -= 1
             slot.filled += 1
             filled += 1
@@ -347,7 +357,7 @@ def _slots_with_truth() -> QuerySet[Slot]:
         .values("n")
     )
     promised = (
-        LeaseItem.objects.filter(slot=OuterRef("pk"), lease__state=LeaseState.LIVE)
+        LeaseItem.objects.filter(slot=OuterRef("pk"), lease__state=LeaseState.LIVE, replica=False)
         .order_by()
         .values("slot")
         .annotate(n=Sum(F("n") - F("received") - F("returned")))

@@ -11,6 +11,10 @@ their profile page and in `GET /api/v1/me/`):
   a copy of another contributor's sample, a claimed model not attested, persistent
   disagreement with spot checks):
       streak = 0, invalid (expired, flagged) += 1, quota = max(min_quota, floor(quota * cut))
+  except that an expired lease cuts the quota once, however many of its items expired: each
+  item counts in `expired`, only the lease's first one cuts (one lost worker with a 50-prompt
+  lease is one cut, not fifty; a contributor who keeps letting leases expire is still cut on
+  each);
 * trust = min(1, streak / trust_streak) * (1 - bad / all), bad = invalid + expired + flagged,
   all = valid + bad
   (0 with nothing counted yet): trusted only after trust_streak valid samples in a row, and
@@ -34,7 +38,11 @@ streak and quota, so each of them is a disclosure):
   contributor's and their nodes' reputation is replayed from the remaining events;
 * an expired lease item, at once (when the lease expires: leasing.expire_overdue_leases, or a
   release that comes after the deadline). A release before the deadline costs nothing: the
-  work goes back to the pool in time, and the leased prompts still count for the day.
+  work goes back to the pool in time, and the leased prompts still count for the day. A
+  contributor whose expired items within HOARD_WINDOW_S (since a maintainer last cleared
+  their hoarding flag, if that is later) reach `hoard_flag_after` gets a hoarding flag
+  (scoring.flags.raise_conduct_flag), for maintainers only: it is not counted again (the
+  items were), and its evidence is refreshed while it is open.
 
 Each judged sample moves reputation exactly once, at the first settling that finds it valid or
 invalid (a ReputationEvent per sample, unique): settling again moves nothing, and a later
@@ -42,6 +50,14 @@ change of a sample's status (a rescore) does not move it again. A verified sampl
 quarantined or marked a duplicate is not counted (until that is lifted); an `error` sample is
 the server's failure, never counted. Samples of one settling are applied in id order (the
 order they were received), which decides where a streak breaks.
+
+Which item of an expired lease cuts: the first event of that lease in ledger order ((at, id)),
+as `record_expired` wrote it; `replay` finds the same one through the event's lease item. Items
+whose lease is gone (a deleted node's lease history) are grouped by (at, node) instead: one
+cut per node per expiry.
+
+LeaseDay rows older than LEASE_DAY_KEEP_DAYS are deleted by the sweep (`prune_lease_days`):
+only today's counts are read.
 
 Sample -> node: SampleOrigin.node (none for a sample whose node was deleted, or uploaded
 outside a lease with no node: only the contributor's reputation moves).
@@ -62,13 +78,14 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.dispatch import receiver
 from django.utils import timezone
 
 from contributors.models import (
     ComputeNode,
     LeaseDay,
+    LeaseItem,
     NodeReputation,
     Reputation,
     ReputationEvent,
@@ -76,7 +93,7 @@ from contributors.models import (
     ReputationKind,
 )
 from contributors.services.errors import ServiceError
-from scoring.flags import flags_cleared, flags_raised
+from scoring.flags import flags_cleared, flags_raised, raise_conduct_flag
 from scoring.models import Flag, FlagKind, Prompt, Sample, SampleStatus
 from scoring.signals import disclosed_changed
 
@@ -86,6 +103,16 @@ logger = logging.getLogger(__name__)
 SETTLE_CHUNK = 200
 # The sweep: closed prompts that changed within this window (run it at least twice as often).
 SWEEP_WINDOW_S = 1200
+# Hoarding: expired items counted toward the flag within this window.
+HOARD_WINDOW_S = 24 * 3600
+# Lease items named in a hoarding flag's evidence (the newest).
+HOARD_EVIDENCE_ITEMS = 50
+# Daily lease counts kept this many days (only today's is read; the rest helps a maintainer
+# looking into a complaint), deleted by the sweep in batches of LEASE_DAY_PRUNE_BATCH, at most
+# LEASE_DAY_PRUNE_BATCHES per run (the rest waits for the next one).
+LEASE_DAY_KEEP_DAYS = 7
+LEASE_DAY_PRUNE_BATCH = 5000
+LEASE_DAY_PRUNE_BATCHES = 20
 
 VALID, INVALID, EXPIRED = ReputationKind.VALID, ReputationKind.INVALID, ReputationKind.EXPIRED
 FLAGGED = ReputationKind.FLAGGED
@@ -121,8 +148,10 @@ def trust_of(*, streak: int, valid: int, invalid: int, expired: int, flagged: in
     return max(0.0, min(1.0, ramp * (1.0 - bad / total)))
 
 
-def apply(rep: ReputationFields, kind: str) -> None:
-    """Moves `rep` (unsaved) by one event of `kind` (the rules above)."""
+def apply(rep: ReputationFields, kind: str, *, cut: bool = True) -> None:
+    """Moves `rep` (unsaved) by one event of `kind` (the rules above). `cut=False`: a bad event
+    that is counted (streak ended, its count up) without cutting the quota: the second and
+    later items of one expired lease."""
     cfg = params()
     if kind == VALID:
         rep.streak += 1
@@ -136,7 +165,8 @@ def apply(rep: ReputationFields, kind: str) -> None:
             rep.expired += 1
         else:
             rep.flagged += 1
-        rep.daily_quota = clamp_quota(math.floor(rep.daily_quota * float(cfg["cut"])))
+        if cut:
+            rep.daily_quota = clamp_quota(math.floor(rep.daily_quota * float(cfg["cut"])))
     else:
         raise ValueError(f"unknown reputation event {kind!r}")
     rep.trust = trust_of(
@@ -181,17 +211,21 @@ _FIELDS = [
 ]
 
 
-def _move(events: Sequence[ReputationEvent]) -> None:
-    """Applies `events` (new, in order) to their contributors' and nodes' rows."""
+def _move(events: Sequence[ReputationEvent], *, cuts: Sequence[bool] | None = None) -> None:
+    """Applies `events` (new, in order) to their contributors' and nodes' rows; `cuts`, when
+    given, says per event whether it cuts the quota (`apply`)."""
     if not events:
         return
+    if cuts is None:
+        cuts = [True] * len(events)
+    assert len(cuts) == len(events)
     now = timezone.now()
     people = _locked(Reputation, "contributor_id", (e.contributor_id for e in events))
     nodes = _locked(NodeReputation, "node_id", (e.node_id for e in events if e.node_id is not None))
-    for e in events:
-        apply(people[e.contributor_id], e.kind)
+    for e, cut in zip(events, cuts, strict=True):
+        apply(people[e.contributor_id], e.kind, cut=cut)
         if e.node_id is not None and e.node_id in nodes:
-            apply(nodes[e.node_id], e.kind)
+            apply(nodes[e.node_id], e.kind, cut=cut)
     for row in [*people.values(), *nodes.values()]:
         row.updated_at = now
     Reputation.objects.bulk_update(list(people.values()), _FIELDS)
@@ -321,30 +355,120 @@ def sweep(*, now: datetime | None = None) -> int:
 def record_expired(items: Iterable[tuple[int, int, int | None]]) -> int:
     """Counts lease items that expired with samples still owed: (item id, contributor id,
     node id). Inside the transaction that closes their lease (holding its lock); an item
-    already counted is skipped. Returns how many it counted."""
+    already counted is skipped. Each item counts in `expired`; only the first counted item of
+    each lease cuts the quota (one expired lease, one cut). Then raises or refreshes the
+    hoarding flag of each contributor counted who reached `hoard_flag_after`. Returns how many
+    it counted."""
     items = sorted(set(items))
     if not items:
         return 0
-    done = set(
-        ReputationEvent.objects.filter(
-            kind=EXPIRED, lease_item_id__in=[i for i, _, _ in items]
-        ).values_list("lease_item_id", flat=True)
+    ids = [i for i, _, _ in items]
+    lease_of = dict(LeaseItem.objects.filter(pk__in=ids).values_list("pk", "lease_id"))
+    seen = ReputationEvent.objects.filter(kind=EXPIRED).filter(
+        Q(lease_item_id__in=ids) | Q(lease_item__lease_id__in=set(lease_of.values()))
     )
+    done: set[int] = set()
+    cut_leases: set[int] = set()
+    for item_id, lease_id in seen.values_list("lease_item_id", "lease_item__lease_id"):
+        done.add(item_id)
+        cut_leases.add(lease_id)
     now = timezone.now()
-    events = [
-        ReputationEvent(
-            contributor_id=contributor_id, node_id=node_id, kind=EXPIRED, lease_item_id=i, at=now
+    events: list[ReputationEvent] = []
+    cuts: list[bool] = []
+    for i, contributor_id, node_id in items:
+        if i in done:
+            continue
+        events.append(
+            ReputationEvent(
+                contributor_id=contributor_id,
+                node_id=node_id,
+                kind=EXPIRED,
+                lease_item_id=i,
+                at=now,
+            )
         )
-        for i, contributor_id, node_id in items
-        if i not in done
-    ]
-    _move(events)
+        # Ids ascend in list order (bulk_create), so the event that cuts is its lease's first
+        # in ledger order: what replay() finds.
+        lease = lease_of.get(i)
+        cuts.append(lease is None or lease not in cut_leases)
+        if lease is not None:
+            cut_leases.add(lease)
+    _move(events, cuts=cuts)
+    _flag_hoarders({e.contributor_id for e in events}, now=now)
     return len(events)
+
+
+def _flag_hoarders(contributor_ids: Iterable[int], *, now: datetime) -> list[int]:
+    """Raises (or refreshes) the hoarding flag of each of `contributor_ids` whose expired
+    items since `now - HOARD_WINDOW_S` reach `hoard_flag_after`, counting only those after a
+    maintainer last cleared that contributor's hoarding flag (they saw those and decided).
+    Two queries when none did. Returns the contributors flagged."""
+    wanted = sorted(set(contributor_ids))
+    if not wanted:
+        return []
+    threshold = int(params()["hoard_flag_after"])
+    window_start = now - timedelta(seconds=HOARD_WINDOW_S)
+    recent = ReputationEvent.objects.filter(kind=EXPIRED, at__gte=window_start)
+    over = [
+        contributor_id
+        for contributor_id, n in recent.filter(contributor_id__in=wanted)
+        .values("contributor_id")
+        .annotate(n=Count("pk"))
+        .values_list("contributor_id", "n")
+        .order_by("contributor_id")
+        if n >= threshold
+    ]
+    if not over:
+        return []
+    cleared = dict(
+        Flag.objects.filter(
+            contributor_id__in=over,
+            sample__isnull=True,
+            kind=FlagKind.HOARDING,
+            cleared_at__gte=window_start,
+        )
+        .values("contributor_id")
+        .annotate(last=Max("cleared_at"))
+        .values_list("contributor_id", "last")
+    )
+    flagged = []
+    for contributor_id in over:
+        since = max(window_start, cleared.get(contributor_id) or window_start)
+        mine = recent.filter(contributor_id=contributor_id, at__gte=since)
+        counts = mine.aggregate(
+            items=Count("pk"),
+            leases=Count("lease_item__lease", distinct=True),
+            first=Min("at"),
+            last=Max("at"),
+        )
+        if counts["items"] < threshold:
+            continue
+        newest = list(
+            mine.order_by("-at", "-pk").values_list("lease_item_id", flat=True)[
+                :HOARD_EVIDENCE_ITEMS
+            ]
+        )
+        raise_conduct_flag(
+            contributor_id=contributor_id,
+            kind=FlagKind.HOARDING,
+            evidence={
+                "expired_items": counts["items"],
+                "leases": counts["leases"],
+                "lease_item_ids": newest,
+                "first_expired_at": counts["first"].isoformat(),
+                "last_expired_at": counts["last"].isoformat(),
+                "window_s": HOARD_WINDOW_S,
+                "threshold": threshold,
+            },
+        )
+        flagged.append(contributor_id)
+    return flagged
 
 
 # --- flags -----------------------------------------------------------------------------------
 
-# Hoarding is counted per expired item already (record_expired); its flag is for maintainers.
+# Hoarding is counted per expired item already (record_expired); its flag is for maintainers
+# and must not count the same items twice.
 _NOT_COUNTED_FLAGS = {str(FlagKind.HOARDING)}
 
 
@@ -383,31 +507,63 @@ def _uncount_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
         replay(contributor_id=contributor_id)
 
 
-def replay(*, contributor_id: int) -> None:
+def _numbers(row: ReputationFields) -> tuple[Any, ...]:
+    return tuple(getattr(row, f) for f in _FIELDS if f != "updated_at")
+
+
+def replay(*, contributor_id: int) -> bool:
     """Recomputes a contributor's reputation, and their nodes', from the ledger: every event
-    applied in order to a fresh start (the initial quota). A repair, and how a voided event
-    is taken back. Inside a transaction; locks the rows like `_move`."""
+    applied in order to a fresh start (the initial quota), an expired lease cutting once as
+    `record_expired` did. A repair, and how a voided event is taken back. Inside a
+    transaction; locks the rows like `_move`. Returns whether any number changed."""
     people = _locked(Reputation, "contributor_id", [contributor_id])
     events = list(
-        ReputationEvent.objects.filter(contributor_id=contributor_id).order_by("at", "pk")
+        ReputationEvent.objects.filter(contributor_id=contributor_id)
+        .order_by("at", "pk")
+        .values_list("kind", "node_id", "at", "lease_item__lease_id")
     )
-    nodes = _locked(NodeReputation, "node_id", {e.node_id for e in events if e.node_id})
+    nodes = _locked(NodeReputation, "node_id", {node_id for _, node_id, _, _ in events if node_id})
     start = initial_quota()
     rows: list[ReputationFields] = [people[contributor_id], *nodes.values()]
+    before = [_numbers(row) for row in rows]
     for row in rows:
         row.streak = row.valid = row.invalid = row.expired = row.flagged = 0
         row.trust = 0.0
         row.daily_quota = start
-    for e in events:
-        apply(people[contributor_id], e.kind)
-        if e.node_id in nodes:
-            apply(nodes[e.node_id], e.kind)
+    cut_leases: set[Any] = set()
+    for kind, node_id, at, lease_id in events:
+        cut = True
+        if kind == EXPIRED:
+            # The lease's first item cuts; items of a lease since deleted: one per expiry.
+            lease = lease_id if lease_id is not None else ("gone", at, node_id)
+            cut = lease not in cut_leases
+            cut_leases.add(lease)
+        apply(people[contributor_id], kind, cut=cut)
+        if node_id in nodes:
+            apply(nodes[node_id], kind, cut=cut)
     now = timezone.now()
     for row in rows:
         row.updated_at = now
     Reputation.objects.bulk_update([people[contributor_id]], _FIELDS)
     if nodes:
         NodeReputation.objects.bulk_update(list(nodes.values()), _FIELDS)
+    return [_numbers(row) for row in rows] != before
+
+
+def replay_all() -> tuple[int, int]:
+    """Replays every contributor with events, one transaction each (a repair). Returns
+    (contributors replayed, of which changed)."""
+    replayed = changed = 0
+    people = (
+        ReputationEvent.objects.order_by("contributor_id")
+        .values_list("contributor_id", flat=True)
+        .distinct()
+    )
+    for contributor_id in list(people):
+        with transaction.atomic():
+            changed += replay(contributor_id=contributor_id)
+        replayed += 1
+    return replayed, changed
 
 
 # --- the daily quota --------------------------------------------------------------------------
@@ -471,6 +627,35 @@ def quota_room(node: ComputeNode, *, now: datetime | None = None) -> int:
         room = left if room is None else min(room, left)
     assert room is not None
     return room
+
+
+def prune_lease_days(
+    *,
+    now: datetime | None = None,
+    keep_days: int | None = None,
+    batch: int | None = None,
+    max_batches: int | None = None,
+) -> int:
+    """Deletes daily lease counts older than `keep_days` UTC days, `batch` rows per statement,
+    at most `max_batches` statements (the rest is left for the next sweep). Leasing only
+    touches today's rows, so this never meets it. Returns how many it deleted."""
+    keep_days = LEASE_DAY_KEEP_DAYS if keep_days is None else keep_days
+    batch = batch or LEASE_DAY_PRUNE_BATCH
+    max_batches = max_batches or LEASE_DAY_PRUNE_BATCHES
+    before = utc_day(now) - timedelta(days=keep_days)
+    deleted = 0
+    for _ in range(max_batches):
+        pks = list(
+            LeaseDay.objects.filter(day__lt=before)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not pks:
+            break
+        deleted += LeaseDay.objects.filter(pk__in=pks).delete()[0]
+        if len(pks) < batch:
+            break
+    return deleted
 
 
 def count_leased(node: ComputeNode, prompts: int, *, now: datetime | None = None) -> None:

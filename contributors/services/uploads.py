@@ -375,8 +375,11 @@ def ingest_samples(
     bulk.set_columns(LeaseItem, ["received"], [(i.pk, i.received) for i in touched_items])
     _count(profile, created=created, filled=filled)
     stats.samples_stored((s.prompt_id, s.model) for s in created)
+    # A spot check's replica counts towards no progress (Sample.replica).
     progress.samples_stored(
-        (prompts[s.prompt_id].prompt_set_id, s.model, s.temperature) for s in created
+        (prompts[s.prompt_id].prompt_set_id, s.model, s.temperature)
+        for s in created
+        if not s.replica
     )
     if (
         lease is not None

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -20,10 +23,11 @@ from contributors.models import (
     Reputation,
     ReputationEvent,
     SampleOrigin,
+    Slot,
 )
 from contributors.services import expire_overdue_leases, release_lease, trust
 from scoring import stats
-from scoring.models import Prompt, Sample, SampleStatus
+from scoring.models import Flag, Prompt, Sample, SampleStatus
 from scoring.services import close_prompts
 from tests import factories
 from tests.factories import sample_payload
@@ -42,6 +46,7 @@ _texts = itertools.count()
 @pytest.fixture(autouse=True)
 def _trust_settings(settings: Any) -> None:
     settings.THINKPOOL_TRUST = {
+        **settings.THINKPOOL_TRUST,
         "initial_quota": 50,
         "min_quota": 5,
         "max_quota": 5000,
@@ -283,12 +288,13 @@ def test_items_of_an_expired_lease_still_owing_samples_count_as_hoarding(api, us
     assert uploaded.status_code == 200, uploaded.content
     Lease.objects.filter(pk=lease["id"]).update(deadline=timezone.now() - timedelta(seconds=1))
     assert expire_overdue_leases() == 1
-    # Two cuts at once: floor(50 / 2) = 25, floor(25 / 2) = 12. Not waiting for any closing.
-    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 12)
-    assert numbers(NodeReputation.objects.get(node=node))[:5] == (0, 0, 0, 2, 12)
+    # Two items counted, one lease, one cut: floor(50 / 2) = 25. Not waiting for any closing.
+    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 25)
+    assert numbers(NodeReputation.objects.get(node=node))[:5] == (0, 0, 0, 2, 25)
     assert ReputationEvent.objects.filter(kind="expired").count() == 2
     assert expire_overdue_leases() == 0
-    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 12)
+    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 25)
+    assert not Flag.objects.exists()  # 2 items: below hoard_flag_after (3)
 
 
 @pytest.mark.django_db
@@ -301,7 +307,7 @@ def test_a_release_in_time_costs_nothing_one_after_the_deadline_counts(api, user
         deadline=timezone.now() - timedelta(seconds=1)
     )
     release_lease(lease=Lease.objects.get(pk=late.json()["id"]))
-    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 12)
+    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 25)
 
 
 @pytest.mark.django_db
@@ -309,8 +315,6 @@ def test_record_expired_counts_an_item_once():
     alice = UserFactory()
     box = NodeFactory(owner=alice)
     prompt = new_prompt()
-    from contributors.models import Slot
-
     slot = Slot.objects.create(
         prompt=prompt, prompt_set=prompt.prompt_set, model="org/model-a", temperature=0.6, target=2
     )
@@ -321,6 +325,264 @@ def test_record_expired_counts_an_item_once():
     assert trust.record_expired([(item.pk, alice.pk, box.pk)]) == 1
     assert trust.record_expired([(item.pk, alice.pk, box.pk)]) == 0
     assert rep(alice).expired == 1
+
+
+def expiring(user: Any, node: Any, items: int) -> list[tuple[int, int, int | None]]:
+    """A lease of `items` items (one slot each, of new prompts) owing samples, as leasing's
+    expiry hands it to record_expired."""
+    lease = Lease.objects.create(
+        node=node, contributor=user, model="org/model-a", deadline=timezone.now()
+    )
+    made = []
+    for _ in range(items):
+        prompt = new_prompt()
+        slot = Slot.objects.create(
+            prompt=prompt,
+            prompt_set=prompt.prompt_set,
+            model="org/model-a",
+            temperature=0.6,
+            target=2,
+        )
+        made.append(LeaseItem.objects.create(lease=lease, slot=slot, n=2))
+    return [(item.pk, user.pk, node.pk if node else None) for item in made]
+
+
+@pytest.mark.django_db
+def test_one_expired_lease_cuts_the_quota_once_however_many_items_it_had():
+    alice = UserFactory()
+    box = NodeFactory(owner=alice)
+    big = expiring(alice, box, 50)
+    assert trust.record_expired(big) == 50
+    # 50 items counted, the quota halved once (not 50 times down to min_quota).
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 50, 25)
+    assert numbers(NodeReputation.objects.get(node=box))[:5] == (0, 0, 0, 50, 25)
+    assert rep(alice).trust == 0.0
+    # Each item still has its own event (idempotency), the first of the lease cut.
+    assert ReputationEvent.objects.filter(kind="expired").count() == 50
+    assert trust.record_expired(big) == 0
+    assert rep(alice).daily_quota == 25
+
+    # Two more leases expiring in one call: two more cuts, 25 -> 12 -> 6.
+    assert trust.record_expired(expiring(alice, box, 3) + expiring(alice, box, 2)) == 5
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 55, 6)
+    # A valid sample between them moves as usual.
+    prompt = new_prompt()
+    add(prompt, alice, VERIFIED, node=box)
+    close(prompt)
+    assert trust.settle_prompts(prompt_ids=[prompt.pk]) == 1
+    assert numbers(rep(alice))[:5] == (1, 1, 0, 55, 8)
+
+    # An item of an already cut lease, counted later (the lease's last item, retried): no cut.
+    rest = expiring(alice, box, 2)
+    assert trust.record_expired(rest[:1]) == 1
+    assert numbers(rep(alice))[:5] == (0, 1, 0, 56, 5)  # floor(8 / 2) = 4, at least 5
+    Reputation.objects.filter(contributor=alice).update(daily_quota=40)
+    assert trust.record_expired(rest[1:]) == 1
+    assert numbers(rep(alice))[:5] == (0, 1, 0, 57, 40)
+
+
+@pytest.mark.django_db
+def test_replay_gives_what_recording_gave():
+    alice = UserFactory()
+    box, spare = NodeFactory(owner=alice), NodeFactory(owner=alice, name="spare")
+    prompt = new_prompt()
+    for status in (VERIFIED, VERIFIED, VERIFIED):
+        add(prompt, alice, status, node=box)
+    close(prompt)
+    trust.settle_prompts(prompt_ids=[prompt.pk])  # 56
+    trust.record_expired(expiring(alice, box, 50))  # 28
+    trust.record_expired(expiring(alice, spare, 4) + expiring(alice, box, 3))  # 14, 7
+    recorded = numbers(rep(alice))
+    nodes = {r.node_id: numbers(r) for r in NodeReputation.objects.all()}
+    assert recorded[:5] == (0, 3, 0, 57, 7)
+    assert nodes == {
+        box.pk: (0, 3, 0, 53, 14, 0.0),  # 56 -> 28 -> 14
+        spare.pk: (0, 0, 0, 4, 25, 0.0),
+    }
+    with transaction.atomic():
+        assert trust.replay(contributor_id=alice.pk) is False
+    assert numbers(rep(alice)) == recorded
+    assert {r.node_id: numbers(r) for r in NodeReputation.objects.all()} == nodes
+
+    # A drifted row is put back.
+    Reputation.objects.filter(contributor=alice).update(daily_quota=999, expired=0)
+    with transaction.atomic():
+        assert trust.replay(contributor_id=alice.pk) is True
+    assert numbers(rep(alice)) == recorded
+
+
+@pytest.mark.django_db
+def test_replay_of_items_whose_lease_is_gone_cuts_once_per_expiry_and_node():
+    """A deleted node's lease history goes with it (its events keep no lease item): replay
+    cannot tell its leases apart any more and cuts once per expiry (same time) and node."""
+    alice = UserFactory()
+    box = NodeFactory(owner=alice)
+    trust.record_expired(expiring(alice, box, 3) + expiring(alice, box, 2))
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 12)
+    # What deleting the node does to its events (SET_NULL both; its leases go with it).
+    assert ReputationEvent.objects.update(lease_item=None, node=None) == 5
+    with transaction.atomic():
+        assert trust.replay(contributor_id=alice.pk) is True
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 25)
+
+
+# --- hoarding: the flag for maintainers -------------------------------------------------------
+
+
+def hoarding_flags(user: Any) -> list[Flag]:
+    return list(Flag.objects.filter(contributor=user, kind="hoarding").order_by("pk"))
+
+
+@pytest.mark.django_db
+def test_a_hoarder_is_flagged_once_expired_items_reach_the_threshold_within_a_day(settings):
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "hoard_flag_after": 3}
+    alice, bob = UserFactory(), UserFactory()
+    box = NodeFactory(owner=alice)
+    first = expiring(alice, box, 2)
+    trust.record_expired(first)
+    trust.record_expired(expiring(bob, NodeFactory(owner=bob), 2))
+    assert not Flag.objects.exists()
+
+    second = expiring(alice, box, 1)
+    trust.record_expired(second)
+    [flag] = hoarding_flags(alice)
+    assert flag.sample_id is None and flag.cleared_at is None
+    events = ReputationEvent.objects.filter(contributor=alice, kind="expired")
+    at = events.first().at.isoformat()
+    assert flag.evidence == {
+        "expired_items": 3,
+        "leases": 2,
+        # newest first (ids ascend within one expiry)
+        "lease_item_ids": [second[0][0], first[1][0], first[0][0]],
+        "first_expired_at": events.order_by("at").first().at.isoformat(),
+        "last_expired_at": at
+        if events.count() == 1
+        else events.order_by("at").last().at.isoformat(),
+        "window_s": 24 * 3600,
+        "threshold": 3,
+    }
+    assert not hoarding_flags(bob)
+    # The flag is for maintainers: the items counted once already, the flag not again.
+    assert rep(alice).flagged == 0 and rep(alice).expired == 3
+    assert not ReputationEvent.objects.filter(kind="flagged").exists()
+
+    # Counting the same items again raises nothing new and leaves the evidence alone.
+    trust.record_expired(first + second)
+    assert hoarding_flags(alice) == [flag]
+    flag.refresh_from_db()
+    assert flag.evidence["expired_items"] == 3
+
+    # More expired work: the open flag's evidence is refreshed, no second flag.
+    third = expiring(alice, box, 2)
+    trust.record_expired(third)
+    [again] = hoarding_flags(alice)
+    assert again.pk == flag.pk
+    assert (again.evidence["expired_items"], again.evidence["leases"]) == (5, 3)
+    assert again.evidence["lease_item_ids"][:2] == [third[1][0], third[0][0]]
+    assert rep(alice).flagged == 0
+
+
+@pytest.mark.django_db
+def test_the_hoarding_window_is_a_day_and_a_cleared_flag_is_not_raised_on_what_was_seen(settings):
+    from scoring.flags import clear_flags
+
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "hoard_flag_after": 3}
+    alice = UserFactory()
+    box = NodeFactory(owner=alice)
+    trust.record_expired(expiring(alice, box, 2))
+    # A day and a bit later, those two no longer count toward the flag.
+    ReputationEvent.objects.update(at=timezone.now() - timedelta(hours=25))
+    trust.record_expired(expiring(alice, box, 2))
+    assert not hoarding_flags(alice)
+    trust.record_expired(expiring(alice, box, 1))
+    [flag] = hoarding_flags(alice)
+    assert flag.evidence["expired_items"] == 3
+
+    # A maintainer looks and clears it: what they saw does not raise it again...
+    maintainer = UserFactory(is_staff=True)
+    assert clear_flags(flag_ids=[flag.pk], by=maintainer, reason="a power cut") == [flag.pk]
+    trust.record_expired(expiring(alice, box, 2))
+    assert [f.pk for f in hoarding_flags(alice)] == [flag.pk]
+    # ...but as many again after the clearing does: a new flag, counting only those.
+    later = expiring(alice, box, 1)
+    trust.record_expired(later)
+    old, new = hoarding_flags(alice)
+    assert old.pk == flag.pk and old.cleared_at is not None
+    assert new.cleared_at is None
+    assert (new.evidence["expired_items"], new.evidence["leases"]) == (3, 2)
+    assert new.evidence["lease_item_ids"][0] == later[0][0]
+    # Clearing a hoarding flag takes nothing back: it never counted.
+    assert rep(alice).expired == 8 and rep(alice).flagged == 0
+
+
+@pytest.mark.django_db
+def test_expiry_through_leasing_raises_the_hoarding_flag(api, user, node, lease, settings):
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "hoard_flag_after": 3}
+    Lease.objects.filter(pk=lease["id"]).update(deadline=timezone.now() - timedelta(seconds=1))
+    assert expire_overdue_leases() == 1
+    [flag] = hoarding_flags(user)
+    assert flag.evidence["expired_items"] == 3 and flag.evidence["leases"] == 1
+    assert sorted(flag.evidence["lease_item_ids"]) == sorted(i["id"] for i in lease["items"])
+    assert numbers(rep(user))[:5] == (0, 0, 0, 3, 25)
+
+
+# --- daily lease counts: pruning -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_old_daily_lease_counts_are_pruned_in_bounded_batches(user, node):
+    from contributors import tasks
+
+    today = trust.utc_day()
+    for age in range(11):  # today and the ten days before, for the account and the node
+        day = today - timedelta(days=age)
+        LeaseDay.objects.create(contributor=user, node=None, day=day, prompts=age + 1)
+        LeaseDay.objects.create(contributor=user, node=node, day=day, prompts=age + 1)
+    # 8, 9 and 10 days old: six rows; two batches of two per run.
+    assert trust.prune_lease_days(batch=2, max_batches=2) == 4
+    assert LeaseDay.objects.count() == 18
+    assert trust.prune_lease_days(batch=2, max_batches=2) == 2
+    assert trust.prune_lease_days(batch=2, max_batches=2) == 0
+    kept = sorted({(today - d).days for d in LeaseDay.objects.values_list("day", flat=True)})
+    assert kept == list(range(8))  # 7 days back is kept
+    # The sweep does it too (and today's count is still what leasing reads).
+    LeaseDay.objects.filter(day=today - timedelta(days=7)).update(day=today - timedelta(days=30))
+    assert tasks.sweep_trust() == {"queued": 0, "lease_days_deleted": 2}
+    assert tasks.sweep_trust() == {"queued": 0, "lease_days_deleted": 0}
+    assert trust.quota_room(node) == 50 - 1
+
+
+# --- the repair command -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_settle_trust_counts_what_was_missed_and_replays_on_request():
+    alice, bob = UserFactory(), UserFactory()
+    box = NodeFactory(owner=alice)
+    prompt, still_open = new_prompt(), new_prompt()
+    add(prompt, alice, VERIFIED, node=box)
+    add(prompt, alice, REJECTED, node=box)
+    add(prompt, bob, VERIFIED)
+    add(still_open, bob, REJECTED)
+    close(prompt)  # settling's message lost (nothing queued runs here)
+
+    out = StringIO()
+    call_command("settle_trust", stdout=out)
+    assert out.getvalue() == "1 closed prompts settled: 3 samples counted.\n"
+    assert numbers(rep(alice))[:5] == (0, 1, 1, 0, 26)
+    assert numbers(rep(bob))[:5] == (1, 1, 0, 0, 52)
+
+    # Nothing left to count; a drifted row is put back by --replay, only that one.
+    Reputation.objects.filter(contributor=bob).update(daily_quota=7, streak=9)
+    out = StringIO()
+    call_command("settle_trust", "--replay", stdout=out)
+    assert out.getvalue() == (
+        "1 closed prompts settled: 0 samples counted.\n"
+        "2 contributors replayed from the ledger: 1 changed.\n"
+    )
+    assert numbers(rep(bob))[:5] == (1, 1, 0, 0, 52)
+    assert numbers(rep(alice))[:5] == (0, 1, 1, 0, 26)
+    assert numbers(NodeReputation.objects.get(node=box))[:5] == (0, 1, 1, 0, 26)
 
 
 # --- the quota in leasing ---------------------------------------------------------------------
