@@ -50,9 +50,14 @@ def has_command(name: str, env: dict[str, str]) -> bool:
     return name in manage("help", "--commands", env=env).split()
 
 
+# Prompts a contributor or node may lease per day in a benchmark: never reached.
+BENCH_QUOTA = str(1_000_000_000)
+
+
 def server_env(database_url: str) -> dict[str, str]:
     """The environment of every server process of a benchmark: production settings (DEBUG off),
-    with the throttles and lease caps lifted so that they are not what is measured."""
+    with the throttles, lease caps and daily prompt quotas lifted so that they are not what is
+    measured."""
     return {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -64,6 +69,12 @@ def server_env(database_url: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "THINKPOOL_MAX_LIVE_LEASES_PER_NODE": "1000",
         "THINKPOOL_MAX_LIVE_LEASES_PER_USER": "1000",
+        # The daily prompt quota (contributors.services.trust) pinned far above what any run
+        # leases: min = initial = max, so neither new tokens (initial) nor leases left to
+        # expire (cuts) throttle leasing. Fits the PositiveIntegerField columns (int32).
+        "THINKPOOL_TRUST_INITIAL_QUOTA": BENCH_QUOTA,
+        "THINKPOOL_TRUST_MIN_QUOTA": BENCH_QUOTA,
+        "THINKPOOL_TRUST_MAX_QUOTA": BENCH_QUOTA,
         # Plain HTTP on the loopback: no redirect to https (production's default).
         "SECURE_SSL_REDIRECT": "0",
         # No collectstatic for a benchmark: WhiteNoise's warning about it is noise here.

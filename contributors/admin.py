@@ -30,6 +30,7 @@ from contributors.models import (
     Reputation,
     ReputationEvent,
     Slot,
+    SpotCheck,
 )
 from contributors.services import bounties as bounty_services
 from contributors.services.errors import ServiceError
@@ -42,14 +43,20 @@ class ProfileAdmin(admin.ModelAdmin):
         "user",
         "hf_username",
         "public_attribution",
-        "trust",
+        "reputation_trust",
         "banned",
         "created_at",
     ]
     list_filter = ["banned", "public_attribution"]
     search_fields = ["handle", "user__username", "hf_username"]
-    list_select_related = ["user"]
+    list_select_related = ["user", "user__reputation"]
     actions = ["ban", "unban"]
+
+    @admin.display(description="trust", ordering="user__reputation__trust")
+    def reputation_trust(self, obj: Profile) -> float | None:
+        # contributors.services.trust keeps it in Reputation (none before anything counted).
+        reputation = getattr(obj.user, "reputation", None)
+        return None if reputation is None else round(reputation.trust, 4)
 
     # A ban goes through contributors.services.accounts.ban_contributor (tokens revoked, live
     # leases released, unpublished samples quarantined, audited with the reason), from the
@@ -674,11 +681,40 @@ class NodeReputationAdmin(_ReadOnlyAdmin):
 class ReputationEventAdmin(_ReadOnlyAdmin):
     """The reputation ledger: what moved each contributor's trust and quota, once each."""
 
-    list_display = ["at", "contributor", "node", "kind", "sample_id", "lease_item_id"]
+    list_display = ["at", "contributor", "node", "kind", "sample_id", "lease_item_id", "flag_id"]
     list_filter = ["kind", "at"]
     search_fields = ["contributor__username", "contributor__profile__handle"]
     list_select_related = ["contributor", "node"]
     date_hierarchy = "at"
     ordering = ["-at", "-pk"]
     show_full_result_count = False
-    raw_id_fields = ["contributor", "node", "sample", "lease_item"]
+    raw_id_fields = ["contributor", "node", "sample", "lease_item", "flag"]
+
+
+@admin.register(SpotCheck)
+class SpotCheckAdmin(_ReadOnlyAdmin):
+    """Spot checks (contributors.services.spotchecks): an item asked again of a second
+    contributor, and how the two compared once the prompt closed (the evidence)."""
+
+    list_display = [
+        "pk",
+        "state",
+        "agree",
+        "model",
+        "contributor",
+        "replica_contributor",
+        "n",
+        "created_at",
+        "compared_at",
+    ]
+    list_filter = ["state", "agree", "created_at"]
+    search_fields = [
+        "contributor__username",
+        "replica_contributor__username",
+        "contributor__profile__handle",
+        "replica_contributor__profile__handle",
+    ]
+    list_select_related = ["contributor", "replica_contributor"]
+    ordering = ["-created_at", "-pk"]
+    show_full_result_count = False
+    raw_id_fields = ["original", "replica", "slot", "contributor", "replica_contributor"]

@@ -959,9 +959,9 @@ class FlagAdmin(admin.ModelAdmin):
         "cleared_at",
     ]
     list_filter = ["kind", FlagStateFilter, "created_at"]
-    list_select_related = ["sample__contributor", "cleared_by"]
-    search_fields = ["=sample__id"]
-    search_help_text = "A sample id (exact)."
+    list_select_related = ["sample", "contributor", "cleared_by"]
+    search_fields = ["=sample__id", "contributor__username", "contributor__profile__handle"]
+    search_help_text = "A sample id (exact), or a contributor's username or handle."
     show_full_result_count = False
     action_form = ReasonActionForm
     _shown = (
@@ -989,15 +989,17 @@ class FlagAdmin(admin.ModelAdmin):
 
     @admin.display(description="sample", ordering="sample_id")
     def sample_link(self, obj: Flag) -> str:
+        if obj.sample_id is None:
+            return "— (conduct)"
         return format_html(
             "<a href='{}'>{}</a>",
             reverse("admin:scoring_sample_change", args=[obj.sample_id]),
             obj.sample_id,
         )
 
-    @admin.display(description="contributor")
+    @admin.display(description="contributor", ordering="contributor__username")
     def contributor(self, obj: Flag) -> str:
-        return obj.sample.contributor.get_username()
+        return obj.contributor.get_username()
 
     @admin.display(description="open", boolean=True)
     def is_open(self, obj: Flag) -> bool:
@@ -1030,19 +1032,20 @@ class FlagAdmin(admin.ModelAdmin):
         reason, page = confirm_with_reason(
             self,
             request,
-            open_flags.select_related("sample__contributor").order_by("pk"),
+            open_flags.select_related("sample", "contributor").order_by("pk"),
             action="clear",
             title="Clear flags",
             intro="These flags are closed as looked at: who, when and why are kept on each "
             "flag and in the audit trail. The same check does not raise a cleared flag again. "
-            "Nothing is done to the samples or their contributors.",
+            "What the flag took from its contributor's trust is given back (their reputation "
+            "is replayed without it); nothing else is done to the samples or contributors.",
             button="Clear",
             columns=["flag", "kind", "sample", "contributor", "evidence"],
             row=lambda f: (
                 f.pk,
                 f.kind,
-                f.sample_id,
-                f.sample.contributor.get_username(),
+                f.sample_id or "—",
+                f.contributor.get_username(),
                 _evidence_line(f.evidence, limit=120),
             ),
         )

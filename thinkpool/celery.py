@@ -33,7 +33,7 @@ app.conf.beat_schedule = {
     # is due for another try.
     "sweep-stuck-samples": {"task": "scoring.sweep_stuck_samples", "schedule": 60.0},
     # Settles trust for closed prompts whose samples changed lately (a lost message costs
-    # minutes): contributors.services.trust.
+    # minutes), and deletes daily lease counts older than a week: contributors.services.trust.
     "sweep-trust": {"task": "contributors.sweep_trust", "schedule": 600.0},
     # Credit (contributors.services.credit): the leaderboard's rows every minute; and closed
     # prompts whose samples changed status lately are settled again (a lost message).

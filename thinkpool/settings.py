@@ -518,10 +518,11 @@ THINKPOOL_ADMIN_SYNC_LIMIT = env_int("THINKPOOL_ADMIN_SYNC_LIMIT", 500, minimum=
 
 # Trust and quotas (contributors/services/trust.py, shown to each contributor on their profile
 # and in GET /api/v1/me/): per contributor and per node, a daily quota of prompts leased per UTC
-# day starts at initial_quota; a valid sample adds `grow` (up to max_quota); an invalid sample or
-# an expired lease item (hoarding) multiplies it by `cut` (down to min_quota) and ends the streak.
-# trust = min(1, streak / trust_streak) * (1 - share of invalid and expired among everything
-# judged). Correctness counts only once disclosed (the prompt closed).
+# day starts at initial_quota; a valid sample adds `grow` (up to max_quota); an invalid sample, a
+# lease expired owing samples (hoarding: one cut per lease, each item counted) or a flag multiplies
+# it by `cut` (down to min_quota) and ends the streak. trust = min(1, streak / trust_streak) *
+# (1 - share of invalid, expired and flagged among everything counted). Correctness counts only
+# once disclosed (the prompt closed). docs/data-flow.md §9 documents every key.
 THINKPOOL_TRUST: dict[str, Any] = {
     "initial_quota": env_int("THINKPOOL_TRUST_INITIAL_QUOTA", 50, minimum=1),
     "min_quota": env_int("THINKPOOL_TRUST_MIN_QUOTA", 5, minimum=1),

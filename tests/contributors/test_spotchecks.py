@@ -189,7 +189,7 @@ def test_a_contributor_with_samples_of_the_key_is_not_independent(
     django_capture_on_commit_callbacks,
 ):
     crowd = Crowd(django_capture_on_commit_callbacks, prompts=1)
-    bob, _, bob_node = crowd.person("bob")
+    bob, _, _ = crowd.person("bob")
     prompt = crowd.prompts[0]
     Sample.objects.create(
         prompt=prompt,
@@ -311,3 +311,42 @@ def test_one_disagreement_is_noise_not_a_flag(django_capture_on_commit_callbacks
     crowd.close()
     assert SpotCheck.objects.get(state=SpotCheckState.COMPARED).agree is False
     assert not Flag.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_conduct_flag_shows_in_the_admin_and_clearing_it_gives_the_trust_back(
+    django_capture_on_commit_callbacks, admin_client, admin_user, settings
+):
+    from django.urls import reverse
+
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "cut": 0.9}
+    from scoring.flags import clear_flags
+
+    crowd = Crowd(django_capture_on_commit_callbacks, prompts=4)
+    first = crowd.lease("mallory", 4)
+    crowd.upload("mallory", first, WRONG)
+    for name in ("bob", "carol"):
+        lease = crowd.lease(name, 4)
+        crowd.upload(name, lease, RIGHT)
+    mallory = crowd.person("mallory")[0]
+    crowd.close()
+    before_flag = Reputation.objects.get(contributor=mallory)
+    flag = Flag.objects.get(kind="replica_disagreement")
+    page = admin_client.get(reverse("admin:scoring_flag_changelist"))
+    assert page.status_code == 200
+    assert "(conduct)" in page.content.decode()
+    assert admin_client.get(reverse("admin:scoring_flag_change", args=[flag.pk])).status_code == 200
+    assert admin_client.get(reverse("admin:contributors_spotcheck_changelist")).status_code == 200
+
+    assert before_flag.flagged == 1
+    clear_flags(flag_ids=[flag.pk], by=admin_user, reason="the replicas were wrong")
+    after = Reputation.objects.get(contributor=mallory)
+    assert after.flagged == 0
+    # Replayed without the flag: the quota is what the eight rejected samples alone left.
+    # 1000 -> 900 -> 810 -> 729 -> 656 -> 590 -> 531 -> 477 -> 429 (floor of x 0.9 each)
+    assert before_flag.daily_quota < after.daily_quota == 429
+    assert (after.streak, after.valid, after.invalid) == (
+        before_flag.streak,
+        before_flag.valid,
+        before_flag.invalid,
+    )
