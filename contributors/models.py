@@ -54,7 +54,6 @@ class Profile(models.Model):
     public_attribution = models.BooleanField(
         default=True, help_text="Appear by handle in releases; otherwise 'anonymous'."
     )
-    trust = models.FloatField(default=1.0)
     quota_samples_per_day = models.PositiveIntegerField(null=True, blank=True)
     banned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

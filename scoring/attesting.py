@@ -262,7 +262,11 @@ def _verdict(sample: Sample, attester: Attester, result: Attestation) -> Verdict
         status=status,
         score=1.0 if status == VerdictStatus.PASS else 0.0,
         details=_json_safe(
-            {**result.verdict_details(), **_base_details(sample, attester), "decision": result.status}
+            {
+                **result.verdict_details(),
+                **_base_details(sample, attester),
+                "decision": result.status,
+            }
         ),
     )
 

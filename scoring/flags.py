@@ -49,6 +49,10 @@ flags_raised = Signal()
 # unfounded, and what was built on them (trust) is taken back.
 flags_cleared = Signal()
 
+# A copy flag needs at least this many words in the copy (scoring.selection.
+# is_long_enough_to_copy): short answers coincide honestly. Chains of thought are far longer.
+COPY_MIN_WORDS = 40
+
 # Keys of a flag's evidence that bookkeeping writes (not what the check found).
 RESOLVED_KEYS = ("resolved_at", "resolved")
 

@@ -209,7 +209,7 @@ def mark_duplicates(prompt: Prompt) -> int:
             kept[pk] = (signature, contributor, model, temperature)
             continue
         source, source_contributor, source_model, source_temperature = kept[original]
-        if source_contributor != contributor:
+        if source_contributor != contributor and is_long_enough_to_copy(completion, reasoning):
             copies[pk] = _copy_evidence(
                 original, source_contributor, source, signature, index.settings.num_perm
             ) | {
@@ -229,6 +229,16 @@ def mark_duplicates(prompt: Prompt) -> int:
         # prompt's disclosed verdicts settles it again.
         disclosed_changed.send(sender=Sample, prompt_ids=[prompt.pk])
     return sum(1 for original in wanted.values() if original is not None)
+
+
+def is_long_enough_to_copy(completion: str, reasoning: str | None) -> bool:
+    """Whether a text is long enough for its likeness to another contributor's to mean
+    copying. One model writes the same short answer for anyone who asks it ("The answer is
+    4."): below COPY_MIN_WORDS words that is a duplicate (left out of selections), not
+    evidence against its contributor, whose trust a copy flag lowers."""
+    from scoring.flags import COPY_MIN_WORDS
+
+    return len(completion.split()) + len((reasoning or "").split()) >= COPY_MIN_WORDS
 
 
 def _copy_evidence(

@@ -427,6 +427,7 @@ THINKPOOL_SELECTION: dict[str, Any] = {
 # default): ranking by correctness and length alone.
 THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
 
+
 # Model attestation (scoring/attestation.py, scoring/attesting.py): does a sample look like the
 # model, temperature and top-p it claims? `models` (THINKPOOL_ATTEST_MODELS, a JSON object) maps
 # a claimed model name to the local path or Hub id that checks it, or to
@@ -435,13 +436,13 @@ THINKPOOL_REWARD_MODELS = env_list("THINKPOOL_REWARD_MODELS", [])
 # finishes scoring, it is attested (a `gpu`-queue task: one teacher-forced forward pass) with
 # probability `sample_fraction` (THINKPOOL_ATTEST_FRACTION; an unpredictable draw), and always
 # while its contributor has an open flag. The attestation verdict is evidence, never part of the
-# sample's status. Decision (thresholds calibrated on tiny models, tests/scoring/test_attestation.py):
-# pass when at most `max_outside` of the completion tokens fall outside the claimed top-p nucleus
-# and the Fast-DetectGPT-style z of their log-probabilities is at least `min_z`; fewer than
-# `min_tokens` scored tokens is inconclusive (stored as skipped). One sample is weak evidence
-# (2-3 % of honest samples fail alone), so a flag rests on `pool_size` of a contributor's latest
-# attested samples of one (model, temperature) pooled: a pooled fail flags the failed ones.
-# `max_tokens`: completion tokens scored per sample.
+# sample's status. Decision (thresholds calibrated on tiny models in
+# tests/scoring/test_attestation.py): pass when at most `max_outside` of the completion tokens
+# fall outside the claimed top-p nucleus and the Fast-DetectGPT-style z of their log-probabilities
+# is at least `min_z`; fewer than `min_tokens` scored tokens is inconclusive (stored as skipped).
+# One sample is weak evidence (2-3 % of honest samples fail alone), so a flag rests on
+# `pool_size` of a contributor's latest attested samples of one (model, temperature), pooled: a
+# pooled fail flags the failed ones. `max_tokens`: completion tokens scored per sample.
 def _attest_models(name: str) -> dict[str, Any]:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

@@ -63,8 +63,9 @@ Sample -> node: SampleOrigin.node (none for a sample whose node was deleted, or 
 outside a lease with no node: only the contributor's reputation moves).
 
 Lock order: prompts (settling, FOR NO KEY UPDATE in id order, as credit and closing do) or
-the lease (expiry), then slots, then Reputation rows (id order), then NodeReputation rows (id
-order). Leasing reads reputation without locking it, and counts leased prompts under the
+the lease (expiry), then slots, then Flag rows (raising or clearing a flag; expiry takes the
+contributors' open hoarding flags), then Reputation rows (id order), then NodeReputation rows
+(id order). Leasing reads reputation without locking it, and counts leased prompts under the
 profile lock it already holds.
 """
 
@@ -340,12 +341,15 @@ def _settle_disclosed(sender: Any, prompt_ids: Sequence[int], **kwargs: Any) -> 
 
 def sweep(*, now: datetime | None = None) -> int:
     """Queues settling of closed prompts whose samples changed status (or that closed) in the
-    last SWEEP_WINDOW_S. Returns how many prompts it queued."""
+    last SWEEP_WINDOW_S, and comparing their spot checks (contributors.services.spotchecks).
+    Returns how many prompts it queued."""
+    from contributors.services import spotchecks
     from contributors.services.credit import recently_changed_prompts
 
     since = (now or timezone.now()) - timedelta(seconds=SWEEP_WINDOW_S)
     ids = recently_changed_prompts(since=since)
     schedule_settle(ids)
+    spotchecks.schedule_compare(ids)
     return len(ids)
 
 
@@ -393,8 +397,23 @@ def record_expired(items: Iterable[tuple[int, int, int | None]]) -> int:
         cuts.append(lease is None or lease not in cut_leases)
         if lease is not None:
             cut_leases.add(lease)
+    people = sorted({e.contributor_id for e in events})
+    if people:
+        # Lock order: flags before reputation rows, as raising or clearing any flag takes them
+        # (a maintainer clearing this flag with others replays the contributor's rows).
+        list(
+            Flag.objects.select_for_update()
+            .filter(
+                contributor_id__in=people,
+                kind=FlagKind.HOARDING,
+                sample__isnull=True,
+                cleared_at__isnull=True,
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
     _move(events, cuts=cuts)
-    _flag_hoarders({e.contributor_id for e in events}, now=now)
+    _flag_hoarders(people, now=now)
     return len(events)
 
 

@@ -108,7 +108,6 @@ def test_a_ban_and_a_token_revocation_are_kept_in_the_audit_trail(admin_client, 
             "handle": "mallory",
             "hf_username": "",
             "public_attribution": "on",
-            "trust": "1.0",
             "banned": "on",
         },
     )

@@ -360,7 +360,6 @@ def test_banning_in_the_admin_schedules_the_rebuild_of_the_contributors_prompts(
                 "handle": profile.handle,
                 "hf_username": "",
                 "public_attribution": "on",
-                "trust": "1.0",
                 "banned": "on",
             },
         )
