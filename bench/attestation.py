@@ -13,17 +13,21 @@ token. For the same model, prompts and completion lengths this reports, per comp
 - the ratio, and the share of the generated samples that pass attestation (a sanity check:
   they are the model's own samples at the claimed settings, so nearly all should).
 
-Default: CPU, a small Qwen2 built locally (the tiny test tokenizer, hidden 256, 4 layers,
-4 heads, 2 KV heads, random weights, float32). `--gpu`: CUDA, a Qwen2-0.5B-shaped model
-(24 layers, hidden 896, vocab 151936, random weights, bf16); the tokenizer's vocabulary is
-padded to the model's with plain added tokens so that whatever the random model samples decodes
-and re-encodes to the same ids. `--model PATH` benchmarks a local checkpoint instead. Nothing is
-downloaded.
+Default: CPU, a small Qwen2 built locally (hidden 256, 4 layers, 4 heads, 2 KV heads, vocab
+4096, float32). `--gpu`: CUDA, a Qwen2-0.5B-shaped model (24 layers, hidden 896, vocab 151936,
+bf16). Both have random weights, with output embeddings scaled so that logits spread like a
+trained model's (`--logit-std`: a nucleus of a few tokens at most positions, which is what
+makes the top-p cut cheap; at the usual random scale every position is nearly uniform). The
+tokenizer is the tiny test tokenizer, its vocabulary padded to the model's with plain added
+tokens, so that whatever the random model samples decodes and re-encodes to the same ids.
+`--model PATH` benchmarks a local checkpoint instead. Nothing is downloaded. On a shared
+machine pass `--threads 1` (CPU) for steady numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -41,6 +45,7 @@ from scoring.attestation import PASS, Attester, Claim, Rule, clear_cache
 from tests.fixtures.tiny_model import build_tiny_model
 
 CPU_SHAPE: dict[str, Any] = {
+    "vocab_size": 4096,
     "hidden_size": 256,
     "intermediate_size": 704,
     "num_hidden_layers": 4,
@@ -59,25 +64,32 @@ GPU_SHAPE: dict[str, Any] = {
     "max_position_embeddings": 32768,
     "rope_theta": 1000000.0,
     "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
 }
 
 
-def build_model(root: Path, shape: dict[str, Any], dtype: str) -> Path:
-    """The tiny test tokenizer (vocabulary padded to the shape's) and a Qwen2 of `shape` with
-    random weights, in `root`."""
+def build_model(root: Path, shape: dict[str, Any], dtype: str, logit_std: float) -> Path:
+    """The tiny test tokenizer, its vocabulary padded to the shape's, and a Qwen2 of `shape`
+    with random weights, in `root`.
+
+    The padding is plain added tokens ("<|v123|>"), which decode to themselves and re-encode to
+    the same ids, and the model writes only those: the output rows of the tokenizer's own 400
+    tokens are zero (logit 0, below nearly every nucleus). A random model writing byte-level
+    tokens would write bytes that are not UTF-8, or splits the tokenizer never makes, which no
+    check that reads text can take back to the tokens sampled (measured: 2 of 16 samples of
+    1024 tokens failed attestation that way). Fitting the model to text instead does not help:
+    forcing a fixed length then suppresses the EOS it wants to write, and the samples are no
+    longer what the claimed settings sample."""
     import torch
     from tokenizers import AddedToken
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     path = build_tiny_model(root / "model", train_steps=0)
     tok = AutoTokenizer.from_pretrained(path)
-    vocab = int(shape.get("vocab_size", len(tok)))
+    own = len(tok)
+    vocab = int(shape.get("vocab_size", own))
     if vocab > len(tok):
         # Plain added tokens: "<|v123|>" decodes to itself and re-encodes to the same id.
-        tok.add_tokens(
-            [AddedToken(f"<|v{i}|>", normalized=False) for i in range(len(tok), vocab)]
-        )
+        tok.add_tokens([AddedToken(f"<|v{i}|>", normalized=False) for i in range(len(tok), vocab)])
         tok.save_pretrained(path)
     config = Qwen2Config(
         **{**shape, "vocab_size": max(vocab, len(tok))},
@@ -87,7 +99,15 @@ def build_model(root: Path, shape: dict[str, Any], dtype: str) -> Path:
         dtype=dtype,
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
+    model = Qwen2ForCausalLM(config)
+    # Logits of standard deviation `logit_std` (before the temperature): a trained model is
+    # sure of most next tokens (a nucleus of a few tokens), which random weights at their
+    # usual scale (nearly uniform over the vocabulary) are not.
+    torch.nn.init.normal_(model.lm_head.weight, std=logit_std / math.sqrt(config.hidden_size))
+    if vocab > own:
+        with torch.no_grad():
+            model.lm_head.weight[:own] = 0
+    model = model.to(getattr(torch, dtype))
     model.save_pretrained(path)
     params = sum(p.numel() for p in model.parameters())
     print(f"built {params / 1e6:.1f}M-parameter Qwen2ForCausalLM ({dtype}), vocab {len(tok)}")
@@ -187,9 +207,21 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--logit-std",
+        type=float,
+        default=6.0,
+        help="spread of the random model's logits (larger: surer, smaller nuclei)",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: its own)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        # On a shared machine fewer threads than cores gives steadier numbers (a busy core
+        # stalls every thread of an OpenMP region).
+        torch.set_num_threads(args.threads)
 
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device here")
@@ -203,7 +235,7 @@ def main() -> None:
         path = (
             Path(args.model)
             if args.model
-            else build_model(Path(tmp), GPU_SHAPE if args.gpu else CPU_SHAPE, dtype)
+            else build_model(Path(tmp), GPU_SHAPE if args.gpu else CPU_SHAPE, dtype, args.logit_std)
         )
         clear_cache()
         attester = Attester(
@@ -215,8 +247,7 @@ def main() -> None:
         )
         texts = prompts(n, args.prompt_words, args.seed)
         prompt_tokens = statistics.median(
-            len(attester.encode(Claim(0, [{"role": "user", "content": t}], "")).ids)
-            for t in texts
+            len(attester.encode(Claim(0, [{"role": "user", "content": t}], "")).ids) for t in texts
         )
         print(f"machine: {machine(device)}")
         print(
@@ -226,7 +257,7 @@ def main() -> None:
         )
         # Warm-up (allocator, kernels, the chat template's compilation).
         torch.manual_seed(args.seed)
-        warm_s, warm, _ = generate(attester, texts[:2], 8, args)
+        _, warm, _ = generate(attester, texts[:2], 8, args)
         attest(attester, texts[:2], warm, args)
 
         print(

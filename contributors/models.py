@@ -678,6 +678,10 @@ class ReputationEvent(models.Model):
     flag = models.ForeignKey(
         "scoring.Flag", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
     )
+    # Whether this (bad) event cut the quota: one expired lease or one finding (the flags one
+    # check raised together) cuts once, however many items or samples it holds. Kept so that
+    # replaying the ledger gives exactly what recording did.
+    cuts = models.BooleanField(default=True)
     at = models.DateTimeField(default=timezone.now)
 
     class Meta:

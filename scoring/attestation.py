@@ -75,6 +75,8 @@ THINK_FORMAT = {"open": "<think>\n", "close": "\n</think>\n\n"}
 DEFAULT_MAX_TOKENS_PER_BATCH = {"cuda": 16_384, "cpu": 4_096}
 # Positions projected onto the vocabulary at once (memory: chunk * vocab floats, a few times over).
 _VOCAB_CHUNK_POSITIONS = 512
+# Candidates for a top-p nucleus found by partial selection before falling back to a full sort.
+_NUCLEUS_TOP_K = 128
 _GREEDY_T = 1e-5
 _SANE_MAX_LENGTH = 10_000_000
 
@@ -466,25 +468,35 @@ class Attester:
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             logp = torch.log_softmax(logits / temp, dim=-1)
+            del logits
             tok_logp = logp.gather(-1, tgt[:, None])[:, 0]
             logp_sum += float(tok_logp.sum())
-            exp_sum += float(_expectation(torch, logp)[0].sum())
+            p = logp.exp()
+            # log p where p > 0 (an entry that underflowed carries no mass; 0 * -inf is NaN).
+            safe = torch.where(p > 0, logp, torch.zeros_like(logp))
+            plogp = p * safe
+            exp_sum += float(plogp.sum())
             n += int(tgt.numel())
             if greedy:
-                outside += int((logits.argmax(-1) != tgt).sum())
+                outside += int((logp.argmax(-1) != tgt).sum())
                 continue
-            keep = _nucleus(torch, logp.exp(), claim.top_p)
+            keep = _nucleus(torch, p, claim.top_p)
             inside = keep.gather(-1, tgt[:, None])[:, 0]
             outside += int((~inside).sum())
             if not bool(inside.any()):
                 continue
             # z: the written tokens inside the nucleus against the distribution the sampler
-            # actually drew from (tempered, cut to the nucleus, renormalised).
-            logq = torch.where(keep, logp, torch.full_like(logp, -math.inf))[inside]
-            logq = logq - torch.logsumexp(logq, dim=-1, keepdim=True)
-            mean, var = _expectation(torch, logq)
-            dev_sum += float((logq.gather(-1, tgt[inside][:, None])[:, 0] - mean).sum())
-            var_sum += float(var.sum())
+            # actually drew from, q = p / mass on the nucleus (tempered, cut, renormalised).
+            # log q = log p - log mass, so log q's deviation from its mean and its variance
+            # under q are log p's: masked sums over the row, no second (positions x vocab)
+            # array of log q.
+            mass = torch.where(keep, p, torch.zeros_like(p)).sum(-1)
+            kept_plogp = torch.where(keep, plogp, torch.zeros_like(plogp))
+            mean = kept_plogp.sum(-1) / mass
+            second = (kept_plogp * safe).sum(-1) / mass
+            var = (second - mean * mean).clamp_min(0)
+            dev_sum += float((tok_logp - mean)[inside].sum())
+            var_sum += float(var[inside].sum())
         if n == 0:
             return Stats(0, 0.0, 0.0, None, 0.0, enc.truncated)
         z = None if greedy else dev_sum / math.sqrt(max(var_sum, 1e-9))
@@ -500,27 +512,36 @@ class Attester:
         )
 
 
-def _expectation(torch: Any, logp: Any) -> tuple[Any, Any]:
-    """Per row: E[log p] and Var[log p] under p itself (zero-probability entries ignored)."""
-    p = logp.exp()
-    finite = p > 0
-    safe = torch.where(finite, logp, torch.zeros_like(logp))
-    mean = (p * safe).sum(-1)
-    second = (p * safe * safe).sum(-1)
-    return mean, (second - mean * mean).clamp_min(0)
-
-
 def _nucleus(torch: Any, p: Any, top_p: float) -> Any:
     """Per row, the tokens a top-p sampler keeps: those whose strictly more likely tokens hold
     less than ``top_p`` of the mass (transformers' and vLLM's rule; 1e-6 of slack for float sums;
-    the most likely token always)."""
+    the most likely token always).
+
+    A nucleus is usually far smaller than the vocabulary: the most likely ``_NUCLEUS_TOP_K``
+    (a partial selection, much cheaper than sorting 150k entries per position) settle most
+    rows; only a row whose nucleus reaches past them is sorted in full."""
     if top_p >= 1.0:
         return torch.ones_like(p, dtype=torch.bool)
-    ordered, order = torch.sort(p, dim=-1, descending=True)
+    k = min(_NUCLEUS_TOP_K, p.shape[-1])
+    ordered, order = torch.topk(p, k, dim=-1, sorted=True)
+    keep_sorted = _kept(ordered, top_p)
+    keep = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    longer = keep_sorted[:, -1] if k < p.shape[-1] else None
+    if longer is not None and bool(longer.any()):
+        rows = longer.nonzero()[:, 0]
+        ordered, order = torch.sort(p[rows], dim=-1, descending=True)
+        keep[rows] = torch.zeros_like(ordered, dtype=torch.bool).scatter(
+            -1, order, _kept(ordered, top_p)
+        )
+    return keep
+
+
+def _kept(ordered: Any, top_p: float) -> Any:
+    """Which of the descending-ordered probabilities a top-p sampler keeps."""
     before = ordered.cumsum(-1) - ordered
     keep_sorted = before < top_p + 1e-6
     keep_sorted[..., 0] = True
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return keep_sorted
 
 
 # --- settings -------------------------------------------------------------------------------------

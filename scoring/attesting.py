@@ -32,7 +32,8 @@ fail alone, mostly a re-tokenization the model never sampled); ``pool_size`` of 
 each (contributor, model, temperature) touched, the contributor's latest ``pool_size``
 attestations of that claim (pass or fail; skipped ones carry nothing) are pooled
 (``attestation.pool``); when the pool fails the rule, each failed sample in it is flagged
-(``FlagKind.ATTESTATION``, which counts against the contributor's trust), with the pooled and
+(``FlagKind.ATTESTATION``, raised together: one failed pool, one cut of the contributor's quota,
+contributors.services.trust), with the pooled and
 single statistics, the claim and the pooled sample ids as evidence. A pool that fails though none
 of its samples failed alone flags its worst sample, so that every pooled fail raises a flag.
 Never one sample's fail alone. Raising the same evidence again changes nothing (scoring.flags).
@@ -68,7 +69,7 @@ from scoring.attestation import (
     pool,
     rule_from,
 )
-from scoring.flags import raise_flag
+from scoring.flags import raise_flags
 from scoring.models import Flag, FlagKind, Sample, Verdict, VerdictStatus
 
 logger = logging.getLogger(__name__)
@@ -369,12 +370,11 @@ def check_pool(
         "pooled_samples": sorted(pk for pk, _, _ in members),
         "pooled_failed": sorted(pk for pk, status, _ in members if status == VerdictStatus.FAIL),
     }
-    for pk, stats in flagged:
-        raise_flag(
-            sample_id=pk,
-            kind=FlagKind.ATTESTATION,
-            evidence=_json_safe({**common, "sample": asdict(stats)}),
-        )
+    # One failed pool is one finding: raised together, one cut of the contributor's quota.
+    raise_flags(
+        kind=FlagKind.ATTESTATION,
+        evidence={pk: _json_safe({**common, "sample": asdict(stats)}) for pk, stats in flagged},
+    )
     logger.info(
         "contributor %s, %s at T=%s: %d pooled attestations fail (z %s, outside %.3f); "
         "flagged samples %s",

@@ -70,15 +70,32 @@ def raise_flag(*, sample_id: int, kind: str, evidence: Mapping[str, Any]) -> Fla
     """Raises (or refreshes) the `kind` flag of a sample. Open: its evidence is replaced. A
     cleared one is returned as it is. Idempotent: raising the same evidence twice changes
     nothing."""
+    return raise_flags(kind=kind, evidence={sample_id: evidence})[0]
+
+
+@transaction.atomic
+def raise_flags(*, kind: str, evidence: Mapping[int, Mapping[str, Any]]) -> list[Flag]:
+    """Raises (or refreshes) the `kind` flags of several samples found by one check (sample id
+    -> evidence), in id order, as `raise_flag` does each; those newly raised are signalled
+    together: one finding (a failed attestation pool) is one signal, which trust counts as one
+    cut of the quota (contributors.services.trust)."""
     if kind not in FlagKind.values:
         raise FlagError(f"unknown flag kind {kind!r}")
-    contributor_id = Sample.objects.filter(pk=sample_id).values_list("contributor_id", flat=True)
-    flag, created = Flag.objects.select_for_update().get_or_create(
-        sample_id=sample_id,
-        kind=kind,
-        defaults={"evidence": dict(evidence), "contributor_id": contributor_id.get()},
-    )
-    return _raised(flag, created, evidence)
+    owners = dict(Sample.objects.filter(pk__in=list(evidence)).values_list("pk", "contributor_id"))
+    flags: list[Flag] = []
+    signalled: list[int] = []
+    for sample_id in sorted(evidence):
+        flag, created = Flag.objects.select_for_update().get_or_create(
+            sample_id=sample_id,
+            kind=kind,
+            defaults={"evidence": dict(evidence[sample_id]), "contributor_id": owners[sample_id]},
+        )
+        if _refreshed(flag, created, evidence[sample_id]):
+            signalled.append(flag.pk)
+        flags.append(flag)
+    if signalled:
+        flags_raised.send(sender=Flag, kind=kind, flag_ids=signalled)
+    return flags
 
 
 @transaction.atomic
@@ -95,20 +112,22 @@ def raise_conduct_flag(*, contributor_id: int, kind: str, evidence: Mapping[str,
         cleared_at=None,
         defaults={"evidence": dict(evidence)},
     )
-    return _raised(flag, created, evidence)
-
-
-def _raised(flag: Flag, created: bool, evidence: Mapping[str, Any]) -> Flag:
-    if created:
+    if _refreshed(flag, created, evidence):
         flags_raised.send(sender=Flag, kind=flag.kind, flag_ids=[flag.pk])
-        return flag
+    return flag
+
+
+def _refreshed(flag: Flag, created: bool, evidence: Mapping[str, Any]) -> bool:
+    """Brings an existing open flag's evidence up to date; whether the flag is to be signalled
+    as raised (new, or back after its condition had gone away)."""
+    if created:
+        return True
     if flag.cleared_at is None and flag.evidence != dict(evidence):
         came_back = any(k in flag.evidence for k in RESOLVED_KEYS)
         flag.evidence = dict(evidence)
         flag.save(update_fields=["evidence"])
-        if came_back:
-            flags_raised.send(sender=Flag, kind=flag.kind, flag_ids=[flag.pk])
-    return flag
+        return came_back
+    return False
 
 
 def sync_copy_flags(
@@ -123,9 +142,10 @@ def sync_copy_flags(
     if not checked:
         return []
     now = timezone.now().isoformat()
-    existing = {
+    existing: dict[int, Flag] = {
         flag.sample_id: flag
         for flag in Flag.objects.filter(kind=FlagKind.COPY, sample_id__in=checked)
+        if flag.sample_id is not None
     }
     raised: list[int] = []
     owners = dict(

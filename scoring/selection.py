@@ -143,14 +143,15 @@ def _margin(chosen: Candidate, rejected: Candidate) -> float:
     return 1.0  # correct over incorrect, with no reward to say by how much
 
 
-def settled_q(prefix: str = "") -> Q:
+def settled_q(prefix: str = "", *, replicas: bool = False) -> Q:
     """A sample (reached by `prefix`, e.g. "sample__") that is judged and not held back
-    (quarantined, banned or deactivated contributor) and is data (not a spot check's replica):
-    what selections and releases are made of."""
+    (quarantined, banned or deactivated contributor) and is data (not a spot check's replica,
+    unless `replicas`): what selections and releases are made of."""
+    data = Q() if replicas else Q(**{f"{prefix}replica": False})
     return (
         Q(**{f"{prefix}status__in": [SampleStatus.VERIFIED, SampleStatus.REJECTED]})
         & Q(**{f"{prefix}quarantined": False})
-        & Q(**{f"{prefix}replica": False})
+        & data
         & ~Q(**{f"{prefix}contributor__profile__banned": True})
         & ~Q(**{f"{prefix}contributor__is_active": False})
     )
@@ -188,9 +189,12 @@ def mark_duplicates(prompt: Prompt) -> int:
     current: dict[int, int | None] = {}
     kept: dict[int, tuple[Any, int, str, float]] = {}  # signature, contributor, model, temp
     copies: dict[int, dict[str, Any]] = {}
+    # Spot checks' replicas are checked too (a replica copying its original would agree with
+    # it), after every data sample: a replica is never the kept original a data sample is a
+    # duplicate of, which would leave the data sample out of every selection.
     for pk, completion, reasoning, duplicate_of, contributor, model, temperature in (
-        settled(prompt)
-        .order_by("pk")
+        Sample.objects.filter(settled_q(replicas=True), prompt=prompt)
+        .order_by("replica", "pk")
         .values_list(
             "pk",
             "completion",

@@ -178,11 +178,16 @@ def _lease_open_slots(
         need = max_prompts - len(replicas) - len(picked)
         if need <= 0:
             break
-        taken = ledger.take(prompt_set, model.model_id, need)
+        # A slot this lease replicates is skipped below: take as many more.
+        taken = ledger.take(prompt_set, model.model_id, need + len(replica_slots))
         mine = _held_by(user_id, model.model_id, taken)
         for slot in taken:
             give = min(prompt_set.samples_per_prompt - mine[slot.pk], slot.short_by)
-            if give > 0 and slot.pk not in replica_slots:
+            if (
+                give > 0
+                and slot.pk not in replica_slots
+                and len(picked) < max_prompts - len(replicas)
+            ):
                 picked.append((slot, give, prompt_set))
     if not picked and not replicas:
         return None, False

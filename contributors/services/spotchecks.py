@@ -177,14 +177,27 @@ def plan(*, items: Sequence[LeaseItem], contributor_id: int, model: str) -> list
 
 
 def reopen(items: Iterable[LeaseItem]) -> int:
-    """Replica items given back with nothing received: their checks wait for someone else.
-    In the transaction that closes their lease."""
-    empty = [i.pk for i in items if i.replica and i.received == 0]
-    if not empty:
-        return 0
-    return SpotCheck.objects.filter(replica_id__in=empty, state=SpotCheckState.LEASED).update(
-        state=SpotCheckState.OPEN, replica=None, replica_contributor=None
-    )
+    """Items of a closing lease given back with nothing received (in the transaction that
+    closes it): a replica's check waits for someone else; an original's open check has
+    nothing to compare and is void (not handed out as work that would count for nothing).
+    Returns how many checks changed."""
+    items = list(items)
+    replicas = [i.pk for i in items if i.replica and i.received == 0]
+    originals = [i.pk for i in items if not i.replica and i.received == 0]
+    changed = 0
+    if replicas:
+        changed += SpotCheck.objects.filter(
+            replica_id__in=replicas, state=SpotCheckState.LEASED
+        ).update(state=SpotCheckState.OPEN, replica=None, replica_contributor=None)
+    if originals:
+        changed += SpotCheck.objects.filter(
+            original_id__in=originals, state=SpotCheckState.OPEN
+        ).update(
+            state=SpotCheckState.VOID,
+            evidence={"void": "the original item was given back empty"},
+            compared_at=timezone.now(),
+        )
+    return changed
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -209,7 +222,7 @@ def _sides(check: SpotCheck) -> dict[int, list[dict[str, Any]]] | None:
     sides: dict[int, list[dict[str, Any]]] = {check.original_id: [], check.replica_id or 0: []}
     for r in rows:
         if r["sample__status"] in _JUDGED:
-            sides[r["lease_item_id"]].append(r)
+            sides[r["lease_item_id"]].append(dict(r))
     return sides
 
 
@@ -223,7 +236,7 @@ def _length(row: dict[str, Any]) -> float:
 
 def _rewards(sample_ids: Iterable[int]) -> dict[int, float]:
     return {
-        pk: value
+        pk: float(value or 0.0)
         for pk, value in RewardScore.objects.filter(
             sample_id__in=list(sample_ids), normalised__isnull=False
         ).values_list("sample_id", "normalised")
@@ -261,7 +274,8 @@ def _compare(check: SpotCheck, verifiable: bool) -> tuple[str, dict[str, Any], l
             return SpotCheckState.COMPARED, evidence, []
         lower = min(rates, key=lambda side: rates[side])
         evidence["against"] = lower
-        return SpotCheckState.COMPARED, evidence, [who[lower]] if who[lower] else []
+        blamed = who[lower]
+        return SpotCheckState.COMPARED, evidence, [blamed] if blamed is not None else []
     # Not verifiable: reward (when both sides were scored) and length.
     rewards = _rewards(r["sample_id"] for r in original + replica)
     means: dict[str, dict[str, float]] = {}
@@ -281,7 +295,7 @@ def _compare(check: SpotCheck, verifiable: bool) -> tuple[str, dict[str, Any], l
         return SpotCheckState.COMPARED, evidence, []
     against = _farther(check, means)
     evidence["against"] = against
-    return SpotCheckState.COMPARED, evidence, [who[s] for s in against if who[s]]
+    return SpotCheckState.COMPARED, evidence, [pk for s in against if (pk := who[s]) is not None]
 
 
 def _farther(check: SpotCheck, means: dict[str, dict[str, float]]) -> list[str]:

@@ -51,10 +51,15 @@ quarantined or marked a duplicate is not counted (until that is lifted); an `err
 the server's failure, never counted. Samples of one settling are applied in id order (the
 order they were received), which decides where a streak breaks.
 
-Which item of an expired lease cuts: the first event of that lease in ledger order ((at, id)),
-as `record_expired` wrote it; `replay` finds the same one through the event's lease item. Items
-whose lease is gone (a deleted node's lease history) are grouped by (at, node) instead: one
-cut per node per expiry.
+Which bad events cut the quota: the first item of each expired lease (`record_expired`), and
+per contributor the first of the flags one check raised together (`_count_flags`: a failed
+attestation pool, the copies found in one prompt). Each event records whether it cut
+(`ReputationEvent.cuts`), so `replay` gives exactly what recording did.
+
+A verified sample with an open copy or attestation flag is not counted valid when its prompt
+is settled (the flag counted against its contributor already): a flagged sample must not
+rebuild the streak its flag broke. If a maintainer clears the flag, its prompt is settled
+again and the sample counts then.
 
 LeaseDay rows older than LEASE_DAY_KEEP_DAYS are deleted by the sweep (`prune_lease_days`):
 only today's counts are read.
@@ -224,6 +229,7 @@ def _move(events: Sequence[ReputationEvent], *, cuts: Sequence[bool] | None = No
     people = _locked(Reputation, "contributor_id", (e.contributor_id for e in events))
     nodes = _locked(NodeReputation, "node_id", (e.node_id for e in events if e.node_id is not None))
     for e, cut in zip(events, cuts, strict=True):
+        e.cuts = cut
         apply(people[e.contributor_id], e.kind, cut=cut)
         if e.node_id is not None and e.node_id in nodes:
             apply(nodes[e.node_id], e.kind, cut=cut)
@@ -265,6 +271,9 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
     if not closed:
         return 0
     counted = ReputationEvent.objects.filter(sample=OuterRef("pk"), kind__in=_JUDGED)
+    suspect = Flag.objects.filter(
+        sample=OuterRef("pk"), kind__in=_HOLDS_VALID, cleared_at__isnull=True
+    )
     rows = (
         Sample.objects.filter(
             prompt_id__in=closed,
@@ -272,12 +281,17 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
             quarantined=False,
         )
         .filter(~Exists(counted))
+        .annotate(suspect=Exists(suspect))
         .order_by("pk")
-        .values_list("pk", "contributor_id", "origin__node_id", "status", "duplicate_of_id")
+        .values_list(
+            "pk", "contributor_id", "origin__node_id", "status", "duplicate_of_id", "suspect"
+        )
     )
     now = timezone.now()
     events = []
-    for pk, contributor_id, node_id, status, duplicate_of in rows:
+    for pk, contributor_id, node_id, status, duplicate_of, flagged in rows:
+        if flagged and status == SampleStatus.VERIFIED:
+            continue  # counted once its flag is cleared (the module)
         kind = _kind_of(status, False, duplicate_of)
         if kind is not None:
             events.append(
@@ -486,6 +500,9 @@ def _flag_hoarders(contributor_ids: Iterable[int], *, now: datetime) -> list[int
 
 # --- flags -----------------------------------------------------------------------------------
 
+# A verified sample with one of these flags open is not counted valid (the module).
+_HOLDS_VALID = [str(FlagKind.COPY), str(FlagKind.ATTESTATION)]
+
 # Hoarding is counted per expired item already (record_expired); its flag is for maintainers
 # and must not count the same items twice.
 _NOT_COUNTED_FLAGS = {str(FlagKind.HOARDING)}
@@ -494,7 +511,9 @@ _NOT_COUNTED_FLAGS = {str(FlagKind.HOARDING)}
 @receiver(flags_raised, dispatch_uid="trust-flags-raised")
 def _count_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
     """Each flag raised counts once against its contributor (and the sample's node), in the
-    transaction that raised it. A flag raised again after resolving is not counted again."""
+    transaction that raised it; the flags raised together (one check's finding: a failed
+    attestation pool, the copies found in one prompt) cut the quota once per contributor. A
+    flag raised again after resolving is not counted again."""
     rows = (
         Flag.objects.filter(pk__in=list(flag_ids), cleared_at__isnull=True)
         .exclude(kind__in=_NOT_COUNTED_FLAGS)
@@ -503,20 +522,28 @@ def _count_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
         .values_list("pk", "contributor_id", "sample__origin__node_id")
     )
     now = timezone.now()
-    _move(
-        [
+    events, cuts, cut_people = [], [], set()
+    for pk, contributor_id, node_id in rows:
+        events.append(
             ReputationEvent(
                 contributor_id=contributor_id, node_id=node_id, kind=FLAGGED, flag_id=pk, at=now
             )
-            for pk, contributor_id, node_id in rows
-        ]
-    )
+        )
+        cuts.append(contributor_id not in cut_people)
+        cut_people.add(contributor_id)
+    _move(events, cuts=cuts)
 
 
 @receiver(flags_cleared, dispatch_uid="trust-flags-cleared")
 def _uncount_flags(sender: Any, flag_ids: Sequence[int], **kwargs: Any) -> None:
     """A maintainer cleared these flags as unfounded: their events go, and the reputation of
-    their contributors and nodes is replayed from what remains."""
+    their contributors and nodes is replayed from what remains. Their samples' prompts are
+    settled again: a verified sample held back by its flag counts now."""
+    schedule_settle(
+        Flag.objects.filter(pk__in=list(flag_ids), sample__isnull=False).values_list(
+            "sample__prompt_id", flat=True
+        )
+    )
     events = ReputationEvent.objects.filter(flag_id__in=list(flag_ids), kind=FLAGGED)
     people = set(events.values_list("contributor_id", flat=True))
     if not people:
@@ -539,9 +566,9 @@ def replay(*, contributor_id: int) -> bool:
     events = list(
         ReputationEvent.objects.filter(contributor_id=contributor_id)
         .order_by("at", "pk")
-        .values_list("kind", "node_id", "at", "lease_item__lease_id")
+        .values_list("kind", "node_id", "cuts")
     )
-    nodes = _locked(NodeReputation, "node_id", {node_id for _, node_id, _, _ in events if node_id})
+    nodes = _locked(NodeReputation, "node_id", {node_id for _, node_id, _ in events if node_id})
     start = initial_quota()
     rows: list[ReputationFields] = [people[contributor_id], *nodes.values()]
     before = [_numbers(row) for row in rows]
@@ -549,14 +576,7 @@ def replay(*, contributor_id: int) -> bool:
         row.streak = row.valid = row.invalid = row.expired = row.flagged = 0
         row.trust = 0.0
         row.daily_quota = start
-    cut_leases: set[Any] = set()
-    for kind, node_id, at, lease_id in events:
-        cut = True
-        if kind == EXPIRED:
-            # The lease's first item cuts; items of a lease since deleted: one per expiry.
-            lease = lease_id if lease_id is not None else ("gone", at, node_id)
-            cut = lease not in cut_leases
-            cut_leases.add(lease)
+    for kind, node_id, cut in events:
         apply(people[contributor_id], kind, cut=cut)
         if node_id in nodes:
             apply(nodes[node_id], kind, cut=cut)

@@ -33,6 +33,7 @@ UserFactory: Any = factories.UserFactory
 NodeFactory: Any = factories.NodeFactory
 
 RIGHT = "<think>2+2 is 4, since two and two make four.</think> The answer is \\boxed{4}."
+RIGHT_TOO = "<think>Two and two: one, two, three, four. So four.</think> It is \\boxed{4}."
 WRONG = "<think>2+2 is 5, since two and two make five.</think> The answer is \\boxed{5}."
 _n = itertools.count()
 
@@ -244,7 +245,7 @@ def test_open_prompts_are_not_compared_and_replicas_earn_no_credit_and_are_not_d
     first = crowd.lease("alice", 2)
     crowd.upload("alice", first, RIGHT)
     second = crowd.lease("bob", 2)
-    crowd.upload("bob", second, RIGHT)
+    crowd.upload("bob", second, RIGHT_TOO)
     assert spotchecks.compare_prompts(prompt_ids=[p.pk for p in crowd.prompts]) == 0
     assert SpotCheck.objects.filter(state=SpotCheckState.COMPARED).count() == 0
 
@@ -266,11 +267,8 @@ def test_open_prompts_are_not_compared_and_replicas_earn_no_credit_and_are_not_d
     ).exists()
     prompt = Prompt.objects.get(pk=replica_prompt)
     assert not selection.settled(prompt).filter(replica=True).exists()
-    # Trust counts them like any judged sample.
-    assert (
-        Reputation.objects.get(contributor=bob).valid
-        == Sample.objects.filter(contributor=bob, status=SampleStatus.VERIFIED).count()
-    )
+    # Trust counts them like any judged sample (one of the two is a duplicate of the other).
+    assert Reputation.objects.get(contributor=bob).valid == 1
 
 
 @pytest.mark.django_db
@@ -350,3 +348,19 @@ def test_a_conduct_flag_shows_in_the_admin_and_clearing_it_gives_the_trust_back(
         before_flag.valid,
         before_flag.invalid,
     )
+
+
+@pytest.mark.django_db
+def test_a_check_whose_original_came_back_empty_is_void_not_handed_out(
+    django_capture_on_commit_callbacks,
+):
+    from contributors.models import Lease
+
+    crowd = Crowd(django_capture_on_commit_callbacks, prompts=2)
+    first = crowd.lease("alice", 2)
+    Lease.objects.filter(pk=first["id"]).update(deadline=timezone.now() - timedelta(seconds=1))
+    assert expire_overdue_leases() == 1
+    assert sorted(SpotCheck.objects.values_list("state", flat=True)) == [SpotCheckState.VOID] * 2
+    later = crowd.lease("bob", 2)
+    assert not any(i.replica for i in items_of(later))
+    assert len(later["items"]) == 2  # the two prompts, as ordinary work

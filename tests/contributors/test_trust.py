@@ -412,18 +412,25 @@ def test_replay_gives_what_recording_gave():
 
 
 @pytest.mark.django_db
-def test_replay_of_items_whose_lease_is_gone_cuts_once_per_expiry_and_node():
-    """A deleted node's lease history goes with it (its events keep no lease item): replay
-    cannot tell its leases apart any more and cuts once per expiry (same time) and node."""
+def test_replay_of_items_whose_lease_is_gone_is_still_exact():
+    """A deleted node's lease history goes with it (its events keep no lease item): each event
+    recorded whether it cut, so replay gives what recording did all the same."""
     alice = UserFactory()
     box = NodeFactory(owner=alice)
     trust.record_expired(expiring(alice, box, 3) + expiring(alice, box, 2))
     assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 12)
+    assert list(ReputationEvent.objects.order_by("pk").values_list("cuts", flat=True)) == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
     # What deleting the node does to its events (SET_NULL both; its leases go with it).
     assert ReputationEvent.objects.update(lease_item=None, node=None) == 5
     with transaction.atomic():
-        assert trust.replay(contributor_id=alice.pk) is True
-    assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 25)
+        assert trust.replay(contributor_id=alice.pk) is False
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 12)
 
 
 # --- hoarding: the flag for maintainers -------------------------------------------------------
@@ -728,3 +735,35 @@ def test_concurrent_leases_of_one_contributor_cannot_pass_the_quota_together(set
     assert sorted(codes) == [201] * 5 + [429] * 5
     assert LeaseDay.objects.get(contributor=user, node__isnull=True).prompts == 5
     assert LeaseItem.objects.count() == 5
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_flags_raised_together_cut_once_and_hold_their_samples_back_until_cleared(
+    admin_user, django_capture_on_commit_callbacks
+):
+    from scoring.flags import clear_flags, raise_flags
+
+    alice = UserFactory()
+    prompts = [new_prompt() for _ in range(3)]
+    samples = [add(p, alice, VERIFIED) for p in prompts]
+    flags = raise_flags(
+        kind="attestation", evidence={s.pk: {"pool": "failed"} for s in samples[:2]}
+    )
+    # Two flags, one finding: flagged twice, one cut (50 -> 25).
+    assert numbers(rep(alice))[:5] == (0, 0, 0, 0, 25)
+    assert rep(alice).flagged == 2
+    assert sorted(
+        ReputationEvent.objects.filter(kind="flagged").values_list("cuts", flat=True)
+    ) == [False, True]
+    # At close, the two flagged verified samples are held back; the third counts valid.
+    close(*prompts)
+    trust.settle_prompts(prompt_ids=[p.pk for p in prompts])
+    assert numbers(rep(alice))[:5] == (1, 1, 0, 0, 27)
+    # A maintainer finds the flags unfounded: their cut goes, and the samples count now.
+    with django_capture_on_commit_callbacks(execute=True):
+        clear_flags(flag_ids=[f.pk for f in flags], by=admin_user, reason="calibration")
+    assert numbers(rep(alice))[:5] == (3, 3, 0, 0, 56)
+    assert rep(alice).flagged == 0

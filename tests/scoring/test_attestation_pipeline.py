@@ -184,8 +184,9 @@ def test_honest_samples_pass_and_raise_no_flag(
     assert set(verdicts) == {s.pk for s in samples}
     statuses = [verdicts[s.pk].status for s in samples]
     judged = [v for v in verdicts.values() if v.status != "skipped"]
-    # Measured with these seeds: every judged sample passes (one sample alone fails for 2-3 %
-    # of honest samples, tests/scoring/test_attestation.py).
+    # Measured with these seeds: all 14 judged, all pass (z from -2.4 to 1.0, at most one token
+    # in 19 outside the nucleus). One honest sample alone fails 2-3 % of the time
+    # (tests/scoring/test_attestation.py), which is why flags rest on pools.
     assert len(judged) >= 10, statuses
     assert all(v.status == "pass" and v.score == 1.0 for v in judged), statuses
     one = judged[0].details
@@ -203,8 +204,7 @@ def test_a_false_claim_fails_pooled_and_flags_the_failed_samples(
     configured, tiny, prompt_set, django_capture_on_commit_callbacks
 ):
     user = UserFactory()
-    generated = [g for g in tiny["samples"]]
-    samples = store(prompt_set, user, generated, model=B)  # A's text, claimed as B
+    samples = store(prompt_set, user, tiny["samples"], model=B)  # A's text, claimed as B
     judged_first = []
     # One at a time: no flag until a full pool of judged attestations exists.
     for s in samples:
@@ -217,6 +217,8 @@ def test_a_false_claim_fails_pooled_and_flags_the_failed_samples(
             assert flags() == {}, (len(judged_first), flags())
     verdicts = attestations(samples)
     failed = {pk for pk, v in verdicts.items() if v.status == "fail"}
+    # Measured: 12 of 14 fail alone; the pools fail (z about -4, a quarter of the tokens
+    # outside the claimed nucleus).
     assert len(failed) >= 8, {pk: v.status for pk, v in verdicts.items()}
     raised = flags()
     assert raised and set(raised) <= failed
@@ -468,3 +470,43 @@ def test_model_settings_from_the_environment(monkeypatch) -> None:
     }
     monkeypatch.setenv("THINKPOOL_ATTEST_MODELS", "")
     assert module._attest_models("THINKPOOL_ATTEST_MODELS") == {}
+
+
+# --- releases ----------------------------------------------------------------------------------
+
+
+def test_a_release_lists_the_attestation_as_provenance_without_its_statistics(settings, tmp_path):
+    import pyarrow.parquet as pq
+
+    from scoring.publishing.service import run_release, start_release
+    from tests.scoring.publishing.conftest import make_dataset
+
+    settings.THINKPOOL_RELEASE = {
+        **settings.THINKPOOL_RELEASE,
+        "local_root": tmp_path / "releases",
+        "staging_root": tmp_path / "staging",
+    }
+    data = make_dataset(prompts=1)
+    verified = data.samples[0]
+    stats = Stats(40, -3.0, -1.0, -4.5, 0.25, False, deviation=-9.0, variance=4.0)
+    Verdict.objects.create(
+        sample=verified,
+        verifier=attesting.VERIFIER,
+        version=VERSION,
+        status="fail",
+        score=0.0,
+        details={**asdict(stats), "claimed_model": verified.model},
+    )
+    release = run_release(release_id=start_release(target="local", repo_id="org/name").pk)
+    assert release.state == "published", release.error
+    root = tmp_path / "releases" / "org" / "name" / "data"
+    raw = pq.read_table(root / "raw").to_pylist()
+    row = next(r for r in raw if r["sample_id"] == verified.pk)
+    assert row["status"] == "verified" and row["verified"] is True
+    assert sorted(row["verdicts"], key=lambda v: v["verifier"]) == [
+        {"verifier": "attestation", "version": VERSION, "status": "fail", "score": 0.0},
+        {"verifier": "math", "version": 3, "status": "pass", "score": 1.0},
+    ]
+    assert "-4.5" not in str(row) and "outside_nucleus" not in str(row)
+    sft = pq.read_table(root / "sft").to_pylist()
+    assert verified.pk in {r["sample_id"] for r in sft}  # still selected
