@@ -210,7 +210,9 @@ def _sample_view(sample: Sample, *, listed: bool = False) -> dict[str, Any]:
         "model_revision": sample.model_revision,
         "temperature": sample.temperature,
         "finish_reason": sample.finish_reason,
-        "counted": sample.counted,
+        # A spot check's replica shows as counted: that it is a replica is not for its
+        # contributor to know (contributors.services.spotchecks).
+        "counted": sample.counted or sample.replica,
         "received_at": sample.received_at,
         **(
             disclosure.awaiting_view()

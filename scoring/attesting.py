@@ -5,7 +5,7 @@ the flags a contributor's pooled attestations raise (the statistics: scoring/att
 whose claimed model is configured (``THINKPOOL_ATTESTATION["models"]``) is attested with
 probability ``sample_fraction``, drawn from the operating system's generator
 (``random.SystemRandom``) so that no contributor can predict which samples are checked, and
-always while its contributor has an open flag (any kind). Spot-check replicas are attested like
+always while its contributor has an open attestation, copy or spot-check flag. Spot-check replicas are attested like
 any sample. The choice is made after the scoring transaction commits and never touches the
 sample: an attestation is evidence about the contributor, not part of the sample's judgement.
 
@@ -70,11 +70,19 @@ from scoring.attestation import (
     rule_from,
 )
 from scoring.flags import raise_flags
+
 from scoring.models import Flag, FlagKind, Sample, Verdict, VerdictStatus
 
 logger = logging.getLogger(__name__)
 
 VERIFIER = "attestation"
+
+# An open flag of these kinds has every sample of its contributor attested.
+ATTEST_ALL_AFTER = [
+    str(FlagKind.ATTESTATION),
+    str(FlagKind.COPY),
+    str(FlagKind.REPLICA_DISAGREEMENT),
+]
 # The verdict's version is the statistics' (scoring.attestation.VERSION, imported above): bump
 # it there when what they mean changes; verdicts at an older version are neither reused nor
 # pooled.
@@ -113,7 +121,11 @@ def chosen(*, contributor_id: int) -> bool:
     fraction = float(conf().get("sample_fraction", 0.0))
     if fraction > 0 and _draw() < fraction:
         return True
-    return Flag.objects.filter(contributor_id=contributor_id, cleared_at__isnull=True).exists()
+    # Flags about what the contributor sends (not hoarding, which anyone can earn on purpose
+    # to have every sample attested and learn, flag by flag, how a forgery fares).
+    return Flag.objects.filter(
+        contributor_id=contributor_id, cleared_at__isnull=True, kind__in=ATTEST_ALL_AFTER
+    ).exists()
 
 
 def _choose(sample_id: int, contributor_id: int) -> None:

@@ -52,6 +52,8 @@ flags_cleared = Signal()
 # A copy flag needs at least this many words in the copy (scoring.selection.
 # is_long_enough_to_copy): short answers coincide honestly. Chains of thought are far longer.
 COPY_MIN_WORDS = 40
+# Nor between two samples of one model both at or below this temperature (greedy decoding).
+GREEDY_TEMPERATURE = 0.05
 
 # Keys of a flag's evidence that bookkeeping writes (not what the check found).
 RESOLVED_KEYS = ("resolved_at", "resolved")

@@ -213,7 +213,11 @@ def mark_duplicates(prompt: Prompt) -> int:
             kept[pk] = (signature, contributor, model, temperature)
             continue
         source, source_contributor, source_model, source_temperature = kept[original]
-        if source_contributor != contributor and is_long_enough_to_copy(completion, reasoning):
+        if (
+            source_contributor != contributor
+            and is_long_enough_to_copy(completion, reasoning)
+            and not _same_greedy_run(model, temperature, source_model, source_temperature)
+        ):
             copies[pk] = _copy_evidence(
                 original, source_contributor, source, signature, index.settings.num_perm
             ) | {
@@ -243,6 +247,14 @@ def is_long_enough_to_copy(completion: str, reasoning: str | None) -> bool:
     from scoring.flags import COPY_MIN_WORDS
 
     return len(completion.split()) + len((reasoning or "").split()) >= COPY_MIN_WORDS
+
+
+def _same_greedy_run(model: str, temperature: float, other_model: str, other: float) -> bool:
+    """Two samples of one model at (near) temperature 0: greedy decoding writes the same text
+    for anyone who runs it, so likeness is no evidence of copying (a duplicate only)."""
+    from scoring.flags import GREEDY_TEMPERATURE
+
+    return model == other_model and max(temperature, other) <= GREEDY_TEMPERATURE
 
 
 def _copy_evidence(

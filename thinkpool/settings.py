@@ -548,6 +548,11 @@ THINKPOOL_TRUST: dict[str, Any] = {
     "disagree_min": env_int("THINKPOOL_DISAGREE_MIN", 3, minimum=1),
     "disagree_share": env_float("THINKPOOL_DISAGREE_SHARE", 0.5, minimum=0.0, maximum=1.0),
     "disagree_window": env_int("THINKPOOL_DISAGREE_WINDOW", 20, minimum=1),
+    # ... and, for pass rates, their verified samples over those checks are significantly fewer
+    # than the other sides' (one-sided Fisher exact test at this level).
+    "disagree_alpha": env_float("THINKPOOL_DISAGREE_ALPHA", 0.05, minimum=0.0, maximum=1.0),
+    # Who may replicate: contributors with at least this trust (a fresh account cannot).
+    "replica_min_trust": env_float("THINKPOOL_REPLICA_MIN_TRUST", 0.5, minimum=0.0, maximum=1.0),
     # A hoarding flag (for maintainers) once a contributor's lease items expired owing samples
     # `hoard_flag_after` times within a day.
     "hoard_flag_after": env_int("THINKPOOL_HOARD_FLAG_AFTER", 3, minimum=1),

@@ -123,6 +123,7 @@ def difficulties(prompt_ids: Sequence[int]) -> dict[int, float | None]:
             status__in=[SampleStatus.VERIFIED, SampleStatus.REJECTED],
             quarantined=False,
             duplicate_of__isnull=True,
+            replica=False,  # a spot check's replica votes nowhere
         )
         .exclude(contributor__profile__banned=True)
         .order_by()

@@ -240,8 +240,16 @@ def release_lease(*, lease: Lease) -> int:
     if lease.state != LeaseState.LIVE:
         raise ServiceError("lease_not_live", f"This lease is already {lease.state}.")
     items = list(lease.items.all())
-    # Released only after its deadline: it was left to expire (hoarding) all the same.
-    owed = _owed([lease], items) if lease.deadline <= timezone.now() else []
+    now = timezone.now()
+    if lease.deadline <= now:
+        # Released only after its deadline: it was left to expire (hoarding) all the same.
+        owed = _owed([lease], items)
+    elif now - lease.created_at > timedelta(seconds=lease.lease_seconds):
+        # Kept alive by heartbeats past one lease period, then given back untouched: the items
+        # that received nothing were held, not worked on (hoarding, released just in time).
+        owed = _owed([lease], [i for i in items if i.received == 0])
+    else:
+        owed = []
     returned = ledger.give_back(items)
     spotchecks.reopen(items)
     trust.record_expired(owed)

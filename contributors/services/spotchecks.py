@@ -9,13 +9,16 @@ any other lease item to whoever gets it.
 
 Replicas (`take`, in the leasing transaction): a lease takes open checks of its model first, at
 most THINKPOOL_TRUST["replica_share"] of its prompts, oldest first, skipping checks another
-leaser holds (SKIP LOCKED). Independence is by construction: a check is never given to its
-original contributor, nor to a contributor who already holds samples or a live item of that
-(prompt, model, temperature). The replica item is a LeaseItem with `replica=True`: it touches
+leaser holds (SKIP LOCKED), and only checks whose original delivered something. Independence
+is by construction: a check is never given to its original contributor, nor to a contributor
+who already holds samples or an item of that (prompt, model, temperature), nor to one whose
+trust is below ["replica_min_trust"] (a fresh account, a cheat's second one, replicates
+nobody). The replica item is a LeaseItem with `replica=True`: it touches
 none of the slot's counters, its samples are stored with `Sample.replica=True` and
 `counted=False`, and they count towards no target, credit, bounty, progress or selection:
 replication never counts twice. (They are judged, and count for their contributor's trust
-like any other sample.) A replica item given back with nothing received reopens its check.
+like any other sample.) A replica item given back with nothing received reopens its check. The
+contributor is not told: their replica samples show as counted (contributors.selectors).
 
 Comparing (`compare_prompts`, on scoring.signals.disclosed_changed, and by the trust sweep):
 only once the prompt is closed, because pass rates are built on the gold (verdicts of open
@@ -26,16 +29,19 @@ judged; a side with nothing judged makes the check void.
   disagree when they differ by THINKPOOL_TRUST["disagree_gap"] or more; the side with the lower
   pass rate is the one the disagreement counts against (more right answers than an honest run
   of the claimed model is not something a cheat can fake: the gold decides).
-* Others: mean normalised reward (when both sides have one) and mean completion length. They
+* Others: mean normalised reward (when both sides have one) and mean length in words (counted
+  here; a client's reported token count could be inflated to frame the other side). They
   disagree when rewards differ by ["disagree_reward_gap"] or lengths by a factor of
   ["disagree_length_ratio"]; it counts against the side farther from the other samples of the
-  same (prompt, model, temperature) (both, when there are none).
+  same (prompt, model, temperature), and against nobody when there are none.
 
 Persistent disagreement: once a contributor has ["disagree_min"] disagreements counted against
 them, at least ["disagree_share"] of their last ["disagree_window"] compared checks (either
-side), a `replica_disagreement` flag about their conduct is raised (scoring/flags.py) with the
-checks as evidence; the flag counts against their trust (contributors.services.trust). One bad
-comparison is noise; a pattern is a contributor.
+side; since a maintainer last cleared such a flag), and where pass rates were compared their
+verified samples over those checks are significantly fewer than the other sides' (one-sided
+Fisher exact test at ["disagree_alpha"]), a `replica_disagreement` flag about their conduct is
+raised (scoring/flags.py) with the checks as evidence; the flag counts against their trust
+(contributors.services.trust). One bad comparison is noise; a pattern is a contributor.
 """
 
 from __future__ import annotations
@@ -101,10 +107,22 @@ def take(*, model: str, user_id: int, limit: int, cap: int) -> list[tuple[SpotCh
     transaction; checks another leaser holds are skipped."""
     if limit <= 0:
         return []
+    # Replicas are for contributors with a record: a fresh account (one of a cheat's own, say)
+    # cannot replicate anyone's checks, its own included, before it has earned some trust.
+    trust = Reputation.objects.filter(contributor_id=user_id).values_list("trust", flat=True)
+    if (trust.first() or 0.0) < float(params()["replica_min_trust"]):
+        return []
     # A window larger than `limit`: some open checks may be ones this contributor cannot take.
+    # Only checks whose original delivered something: there is something to compare, and a
+    # check is never handed out as work that would count for nothing.
     rows = list(
         SpotCheck.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(state=SpotCheckState.OPEN, model=model, slot__prompt__closed_at__isnull=True)
+        .filter(
+            state=SpotCheckState.OPEN,
+            model=model,
+            slot__prompt__closed_at__isnull=True,
+            original__received__gt=0,
+        )
         .exclude(contributor_id=user_id)
         .select_related("slot")
         .order_by("created_at", "pk")[: limit * 4]
@@ -116,8 +134,10 @@ def take(*, model: str, user_id: int, limit: int, cap: int) -> list[tuple[SpotCh
     for check in rows:
         if len(taken) >= limit:
             break
-        if (check.slot.prompt_id, check.slot.temperature) in held:
+        key = (check.slot.prompt_id, check.slot.temperature)
+        if key in held:
             continue  # not independent: they have samples (or work) of this key already
+        held.add(key)  # one check per key and lease (a lease holds one item per slot)
         taken.append((check, min(check.n, cap)))
     return taken
 
@@ -141,7 +161,8 @@ def _touched_by(user_id: int, model: str, checks: list[SpotCheck]) -> set[tuple[
 
 
 def attach(*, taken: Sequence[tuple[SpotCheck, int]], items: dict[int, LeaseItem]) -> None:
-    """The replica items (`items`: slot id -> item) of the checks `take` returned were made."""
+    """The replica items (`items`: slot id -> item; `take` gives one check per slot) of the
+    checks `take` returned were made."""
     now = timezone.now()
     for check, _ in taken:
         item = items[check.slot_id]
@@ -177,27 +198,17 @@ def plan(*, items: Sequence[LeaseItem], contributor_id: int, model: str) -> list
 
 
 def reopen(items: Iterable[LeaseItem]) -> int:
-    """Items of a closing lease given back with nothing received (in the transaction that
-    closes it): a replica's check waits for someone else; an original's open check has
-    nothing to compare and is void (not handed out as work that would count for nothing).
-    Returns how many checks changed."""
-    items = list(items)
-    replicas = [i.pk for i in items if i.replica and i.received == 0]
-    originals = [i.pk for i in items if not i.replica and i.received == 0]
-    changed = 0
-    if replicas:
-        changed += SpotCheck.objects.filter(
-            replica_id__in=replicas, state=SpotCheckState.LEASED
-        ).update(state=SpotCheckState.OPEN, replica=None, replica_contributor=None)
-    if originals:
-        changed += SpotCheck.objects.filter(
-            original_id__in=originals, state=SpotCheckState.OPEN
-        ).update(
-            state=SpotCheckState.VOID,
-            evidence={"void": "the original item was given back empty"},
-            compared_at=timezone.now(),
-        )
-    return changed
+    """Replica items of a closing lease given back with nothing received (in the transaction
+    that closes it): their checks wait for someone else. (An original given back empty keeps
+    its check: late results are still accepted, and `take` hands out only checks whose
+    original delivered; one still empty when the prompt closes is void.) Returns how many
+    checks reopened."""
+    empty = [i.pk for i in items if i.replica and i.received == 0]
+    if not empty:
+        return 0
+    return SpotCheck.objects.filter(replica_id__in=empty, state=SpotCheckState.LEASED).update(
+        state=SpotCheckState.OPEN, replica=None, replica_contributor=None
+    )
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -227,11 +238,9 @@ def _sides(check: SpotCheck) -> dict[int, list[dict[str, Any]]] | None:
 
 
 def _length(row: dict[str, Any]) -> float:
-    tokens = row["sample__completion_tokens"]
-    if tokens:
-        return float(tokens)
-    # No token count reported: characters, roughly four to a token.
-    return (len(row["sample__completion"]) + len(row["sample__reasoning"])) / 4.0
+    """A sample's length in words, counted here: never the token count its contributor
+    reports, which a replica could inflate to make an honest original look odd."""
+    return float(len(row["sample__completion"].split()) + len(row["sample__reasoning"].split()))
 
 
 def _rewards(sample_ids: Iterable[int]) -> dict[int, float]:
@@ -270,7 +279,8 @@ def _compare(check: SpotCheck, verifiable: bool) -> tuple[str, dict[str, Any], l
         evidence["replica"]["pass_rate"] = round(rates["replica"], 4)
         gap = abs(rates["original"] - rates["replica"])
         evidence["basis"] = "pass_rate"
-        if gap < float(cfg["disagree_gap"]):
+        evidence["disagree"] = gap >= float(cfg["disagree_gap"])
+        if not evidence["disagree"]:
             return SpotCheckState.COMPARED, evidence, []
         lower = min(rates, key=lambda side: rates[side])
         evidence["against"] = lower
@@ -291,6 +301,7 @@ def _compare(check: SpotCheck, verifiable: bool) -> tuple[str, dict[str, Any], l
     disagree = long / short >= float(cfg["disagree_length_ratio"])
     if "reward" in o and "reward" in r:
         disagree = disagree or abs(o["reward"] - r["reward"]) >= float(cfg["disagree_reward_gap"])
+    evidence["disagree"] = disagree
     if not disagree:
         return SpotCheckState.COMPARED, evidence, []
     against = _farther(check, means)
@@ -314,7 +325,7 @@ def _farther(check: SpotCheck, means: dict[str, dict[str, float]]) -> list[str]:
         .values("pk", "completion_tokens", "completion", "reasoning")[:200]
     )
     if not others:
-        return ["original", "replica"]
+        return []  # no third party to tell which side is odd: nobody is blamed
     rows = [
         {
             "sample__completion_tokens": o["completion_tokens"],
@@ -337,7 +348,7 @@ def _farther(check: SpotCheck, means: dict[str, dict[str, float]]) -> list[str]:
 
     o, r = distance("original"), distance("replica")
     if math.isclose(o, r):
-        return ["original", "replica"]
+        return []
     return ["original"] if o > r else ["replica"]
 
 
@@ -377,7 +388,9 @@ def compare_prompts(*, prompt_ids: Iterable[int]) -> int:
                 continue
             verifiable = closed[check.slot.prompt_id] != Domain.GENERAL
             check.state, check.evidence, blamed = _compare(check, verifiable)
-            check.agree = None if check.state == SpotCheckState.VOID else not blamed
+            check.agree = (
+                None if check.state == SpotCheckState.VOID else not check.evidence["disagree"]
+            )
             check.evidence["blamed"] = blamed
             against.update(blamed)
         check.compared_at = now
@@ -388,24 +401,72 @@ def compare_prompts(*, prompt_ids: Iterable[int]) -> int:
     return settled
 
 
+def fisher_lower(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided Fisher exact test: the probability, were both sides drawn from one pass rate,
+    that the first side would pass `k1` of `n1` or fewer, given `k2` of `n2` on the other."""
+    total, passed = n1 + n2, k1 + k2
+    denominator = math.comb(total, n1)
+    low = max(0, passed - n2)
+    return (
+        sum(math.comb(passed, k) * math.comb(total - passed, n1 - k) for k in range(low, k1 + 1))
+        / denominator
+    )
+
+
 def _flag_if_persistent(contributor_id: int) -> None:
+    """Flags a contributor whose disagreement is a pattern (the module). For pass rates, the
+    pattern must also be significant: over the checks counted, their side's verified samples
+    against the other sides', a one-sided Fisher exact test at `disagree_alpha` (a few unlucky
+    checks of an honest contributor, a handful of samples each, are not). Only checks compared
+    since a maintainer last cleared such a flag count: what they dismissed is not raised again."""
     from scoring.flags import raise_conduct_flag
+    from scoring.models import Flag
 
     cfg = params()
     window = int(cfg["disagree_window"])
-    recent = list(
-        SpotCheck.objects.filter(
-            Q(contributor_id=contributor_id) | Q(replica_contributor_id=contributor_id),
-            state=SpotCheckState.COMPARED,
+    cleared = (
+        Flag.objects.filter(
+            contributor_id=contributor_id,
+            kind="replica_disagreement",
+            sample__isnull=True,
+            cleared_at__isnull=False,
         )
-        .order_by("-compared_at", "-pk")
-        .values("pk", "evidence")[:window]
+        .order_by("-cleared_at")
+        .values_list("cleared_at", flat=True)
+        .first()
+    )
+    checks = SpotCheck.objects.filter(
+        Q(contributor_id=contributor_id) | Q(replica_contributor_id=contributor_id),
+        state=SpotCheckState.COMPARED,
+    )
+    if cleared is not None:
+        checks = checks.filter(compared_at__gt=cleared)
+    recent = list(
+        checks.order_by("-compared_at", "-pk").values("pk", "evidence", "contributor_id")[:window]
     )
     blamed = [c["pk"] for c in recent if contributor_id in c["evidence"].get("blamed", [])]
     if len(blamed) < int(cfg["disagree_min"]) or len(blamed) < float(cfg["disagree_share"]) * len(
         recent
     ):
         return
+    mine = [0, 0]
+    theirs = [0, 0]
+    for c in recent:
+        evidence = c["evidence"]
+        if evidence.get("basis") != "pass_rate":
+            continue
+        me, other = ("original", "replica")
+        if c["contributor_id"] != contributor_id:
+            me, other = other, me
+        for side, into in ((me, mine), (other, theirs)):
+            n = int(evidence[side]["samples"])
+            into[0] += round(float(evidence[side]["pass_rate"]) * n)
+            into[1] += n
+    p_value = None
+    if mine[1] and theirs[1]:
+        p_value = fisher_lower(mine[0], mine[1], theirs[0], theirs[1])
+        if p_value > float(cfg["disagree_alpha"]):
+            return
     raise_conduct_flag(
         contributor_id=contributor_id,
         kind="replica_disagreement",
@@ -413,10 +474,13 @@ def _flag_if_persistent(contributor_id: int) -> None:
             "disagreements": len(blamed),
             "compared": len(recent),
             "spot_checks": sorted(blamed),
+            "verified": {"theirs": mine, "others": theirs},
+            "p_value": None if p_value is None else round(p_value, 6),
             "threshold": {
                 "min": int(cfg["disagree_min"]),
                 "share": float(cfg["disagree_share"]),
                 "window": window,
+                "alpha": float(cfg["disagree_alpha"]),
             },
         },
     )

@@ -84,7 +84,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
+from django.db.models import Count, Exists, F, Max, Min, OuterRef
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -382,9 +382,12 @@ def record_expired(items: Iterable[tuple[int, int, int | None]]) -> int:
         return 0
     ids = [i for i, _, _ in items]
     lease_of = dict(LeaseItem.objects.filter(pk__in=ids).values_list("pk", "lease_id"))
-    seen = ReputationEvent.objects.filter(kind=EXPIRED).filter(
-        Q(lease_item_id__in=ids) | Q(lease_item__lease_id__in=set(lease_of.values()))
+    # Every item of these leases (not only the owing ones): which of them cut already. One
+    # index probe per item, never a walk over the whole expired history.
+    siblings = list(
+        LeaseItem.objects.filter(lease_id__in=set(lease_of.values())).values_list("pk", flat=True)
     )
+    seen = ReputationEvent.objects.filter(kind=EXPIRED, lease_item_id__in=set(ids) | set(siblings))
     done: set[int] = set()
     cut_leases: set[int] = set()
     for item_id, lease_id in seen.values_list("lease_item_id", "lease_item__lease_id"):
@@ -565,10 +568,15 @@ def replay(*, contributor_id: int) -> bool:
     people = _locked(Reputation, "contributor_id", [contributor_id])
     events = list(
         ReputationEvent.objects.filter(contributor_id=contributor_id)
-        .order_by("at", "pk")
+        .order_by("pk")  # the order they were applied in (`_move` writes them in order)
         .values_list("kind", "node_id", "cuts")
     )
-    nodes = _locked(NodeReputation, "node_id", {node_id for _, node_id, _ in events if node_id})
+    # Every node of theirs, not only those with events left: a node whose only event was
+    # voided goes back to a fresh start too.
+    owned = set(ComputeNode.objects.filter(owner_id=contributor_id).values_list("pk", flat=True))
+    nodes = _locked(
+        NodeReputation, "node_id", owned | {node_id for _, node_id, _ in events if node_id}
+    )
     start = initial_quota()
     rows: list[ReputationFields] = [people[contributor_id], *nodes.values()]
     before = [_numbers(row) for row in rows]
@@ -695,6 +703,25 @@ def prune_lease_days(
         if len(pks) < batch:
             break
     return deleted
+
+
+def offline_room(*, contributor_id: int, now: datetime | None = None) -> tuple[int, int]:
+    """(quota, prompts left today) of the account, for uploads outside a lease, which take
+    prompts like a lease does (uploads.ingest_samples, under the profile lock)."""
+    now = now or timezone.now()
+    quota = _quota(Reputation, contributor_id=contributor_id)
+    used = _used(contributor_id=contributor_id, node_id=None, day=utc_day(now))
+    return quota, max(quota - used, 0)
+
+
+def count_offline(*, contributor_id: int, prompts: int, now: datetime | None = None) -> None:
+    """Adds prompts taken by an upload outside a lease to the account's count today."""
+    if prompts <= 0:
+        return
+    day = utc_day(now)
+    rows = LeaseDay.objects.filter(contributor_id=contributor_id, day=day, node__isnull=True)
+    if not rows.update(prompts=F("prompts") + prompts):
+        LeaseDay.objects.create(contributor_id=contributor_id, day=day, prompts=prompts)
 
 
 def count_leased(node: ComputeNode, prompts: int, *, now: datetime | None = None) -> None:

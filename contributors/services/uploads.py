@@ -28,7 +28,7 @@ from contributors.models import (
     Slot,
     normalise_temperature,
 )
-from contributors.services import bulk, ledger, model_policy
+from contributors.services import bulk, ledger, model_policy, trust
 from contributors.services.accounts import ensure_profile
 from contributors.services.errors import ServiceError
 from scoring import counters, progress, stats
@@ -172,6 +172,30 @@ def _within_caps(
             s.client_id, "quota_exceeded", f"This account may upload {quota} samples a day."
         )
     return kept[:room]
+
+
+def _within_daily_prompts(user: Any, to_store: _Pending, result: IngestResult) -> _Pending:
+    """Uploads outside a lease take prompts as a lease does: each prompt of the upload counts
+    once against the account's daily quota (contributors.services.trust), so the quota and
+    its cuts hold whichever way work comes in. Samples of prompts past the room left today
+    are rejected. Under the profile lock (the caller's), like leasing's count."""
+    quota, room = trust.offline_room(contributor_id=user.pk)
+    taken: list[int] = []
+    kept: _Pending = []
+    for s, sample, item in to_store:
+        if sample.prompt_id not in taken:
+            if len(taken) >= room:
+                result.reject(
+                    s.client_id,
+                    "quota_exceeded",
+                    f"This account may take {quota} prompts a day (UTC), leased or uploaded "
+                    "outside a lease, and has none left today.",
+                )
+                continue
+            taken.append(sample.prompt_id)
+        kept.append((s, sample, item))
+    trust.count_offline(contributor_id=user.pk, prompts=len(taken))
+    return kept
 
 
 def _offline_problem(s: SampleIn, prompt: Prompt | None) -> tuple[str, str] | None:
@@ -348,6 +372,8 @@ def ingest_samples(
         return result
     profile = _lock_profile(user)
     to_store = _within_caps(user, profile, to_store, prompts, result)
+    if lease is None:
+        to_store = _within_daily_prompts(user, to_store, result)
     if not to_store:
         return result
 

@@ -60,6 +60,7 @@ from scoring.publishing.chat import (
     split_reasoning,
 )
 from scoring.publishing.fetch import Fetcher, JsonNumber, register_lookups
+from scoring.attesting import VERIFIER as ATTESTATION_VERIFIER
 from scoring.selection import Policy, chat_messages, settled_q, settled_samples
 
 CONFIGS = RELEASE_CONFIGS
@@ -319,6 +320,9 @@ class RowReader:
                 "verdicts",
                 lambda ids: (
                     Verdict.objects.filter(settled_q("sample__"), sample__prompt_id__any_of=ids)
+                    # Attestation judges the contributor's claim, not the sample, and which
+                    # samples were drawn and how they fared stays private (scoring.disclosure).
+                    .exclude(verifier=ATTESTATION_VERIFIER)
                     .order_by("sample_id", "verifier", "version")
                     .values_list(*_VERDICT_QUERY.names)
                 ),

@@ -50,6 +50,8 @@ def _checks_on(settings: Any) -> None:
         "disagree_min": 2,
         "disagree_share": 0.5,
         "disagree_window": 20,
+        "disagree_alpha": 0.05,
+        "replica_min_trust": 0.0,
     }
 
 
@@ -150,6 +152,7 @@ def test_a_replica_goes_to_another_contributor_and_touches_no_slot_counter(
     assert [(c.original_id, c.state, c.n) for c in checks] == [
         (item.pk, SpotCheckState.OPEN, 2) for item in items_of(first)
     ]
+    crowd.upload("alice", first, RIGHT)
     before = {s.pk: (s.filled, s.outstanding) for s in Slot.objects.all()}
 
     second = crowd.lease("bob", 2)  # half may be replicas: one
@@ -168,7 +171,7 @@ def test_a_replica_goes_to_another_contributor_and_touches_no_slot_counter(
     shown = next(i for i in second["items"] if i["id"] == replica[0].pk)
     assert "replica" not in str(shown).lower() and "spot" not in str(shown).lower()
 
-    crowd.upload("bob", second, RIGHT)
+    crowd.upload("bob", second, RIGHT_TOO)
     samples = Sample.objects.filter(origin__lease_item=replica[0])
     assert [(s.replica, s.counted) for s in samples] == [(True, False), (True, False)]
     assert Slot.objects.get(pk=check.slot_id).filled == before[check.slot_id][0]
@@ -216,7 +219,7 @@ def test_a_contributor_with_samples_of_the_key_is_not_independent(
 @pytest.mark.django_db
 def test_a_replica_given_back_empty_reopens_its_check(django_capture_on_commit_callbacks):
     crowd = Crowd(django_capture_on_commit_callbacks, prompts=2)
-    crowd.lease("alice", 2)
+    crowd.upload("alice", crowd.lease("alice", 2), RIGHT)
     second = crowd.lease("bob", 2)
     check = SpotCheck.objects.get(state=SpotCheckState.LEASED)
     from contributors.models import Lease
@@ -351,16 +354,52 @@ def test_a_conduct_flag_shows_in_the_admin_and_clearing_it_gives_the_trust_back(
 
 
 @pytest.mark.django_db
-def test_a_check_whose_original_came_back_empty_is_void_not_handed_out(
+def test_a_check_is_handed_out_only_once_its_original_delivered(
     django_capture_on_commit_callbacks,
 ):
     from contributors.models import Lease
 
-    crowd = Crowd(django_capture_on_commit_callbacks, prompts=2)
+    crowd = Crowd(django_capture_on_commit_callbacks, prompts=4)
     first = crowd.lease("alice", 2)
     Lease.objects.filter(pk=first["id"]).update(deadline=timezone.now() - timedelta(seconds=1))
     assert expire_overdue_leases() == 1
-    assert sorted(SpotCheck.objects.values_list("state", flat=True)) == [SpotCheckState.VOID] * 2
     later = crowd.lease("bob", 2)
     assert not any(i.replica for i in items_of(later))
-    assert len(later["items"]) == 2  # the two prompts, as ordinary work
+    assert len(later["items"]) == 2  # ordinary work instead
+    # A late result of the original (accepted as such) makes its check worth replicating.
+    crowd.upload("alice", first, RIGHT)
+    assert any(i.replica for i in items_of(crowd.lease("carol", 2)))
+
+
+@pytest.mark.django_db
+def test_a_fresh_account_cannot_replicate(settings, django_capture_on_commit_callbacks):
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "replica_min_trust": 0.5}
+    crowd = Crowd(django_capture_on_commit_callbacks, prompts=4)
+    first = crowd.lease("alice", 2)
+    crowd.upload("alice", first, RIGHT)
+    assert not any(i.replica for i in items_of(crowd.lease("sybil", 2)))
+    Reputation.objects.create(contributor=crowd.person("bob")[0], trust=0.5, daily_quota=1000)
+    assert any(i.replica for i in items_of(crowd.lease("bob", 2)))
+
+
+def test_the_fisher_test_is_exact():
+    assert spotchecks.fisher_lower(0, 4, 4, 4) == pytest.approx(1 / 70)
+    assert spotchecks.fisher_lower(0, 2, 2, 2) == pytest.approx(1 / 6)
+    assert spotchecks.fisher_lower(4, 4, 0, 4) == 1.0
+
+
+@pytest.mark.django_db
+def test_a_replica_inflating_its_lengths_frames_nobody_without_a_third_party(
+    django_capture_on_commit_callbacks,
+):
+    crowd = Crowd(django_capture_on_commit_callbacks, prompts=3)
+    crowd.prompt_set.domain = "general"
+    crowd.prompt_set.save()
+    first = crowd.lease("alice", 3)
+    crowd.upload("alice", first, RIGHT)
+    lease = crowd.lease("mallory", 6)
+    crowd.upload("mallory", lease, " ".join(["padding"] * 400))
+    crowd.close()
+    compared = list(SpotCheck.objects.filter(state=SpotCheckState.COMPARED))
+    assert compared and all(c.agree is False and c.evidence["blamed"] == [] for c in compared)
+    assert not Flag.objects.filter(kind="replica_disagreement").exists()

@@ -311,6 +311,29 @@ def test_a_release_in_time_costs_nothing_one_after_the_deadline_counts(api, user
 
 
 @pytest.mark.django_db
+def test_a_lease_kept_alive_past_its_period_then_released_untouched_is_hoarding(
+    api, user, node, lease
+):
+    # One item delivered; the lease is then held by heartbeats past one lease period.
+    first = lease["items"][0]
+    payload = [sample_payload(first["id"]) for _ in range(first["sampling"]["n"])]
+    assert (
+        api.post(
+            f"/api/v1/leases/{lease['id']}/samples/", {"samples": payload}, format="json"
+        ).status_code
+        == 200
+    )
+    held = Lease.objects.get(pk=lease["id"])
+    Lease.objects.filter(pk=held.pk).update(
+        created_at=timezone.now() - timedelta(seconds=held.lease_seconds + 1),
+        deadline=timezone.now() + timedelta(minutes=5),
+    )
+    release_lease(lease=Lease.objects.get(pk=held.pk))
+    # The two untouched items count as expired (one cut for the lease); the delivered one not.
+    assert numbers(rep(user))[:5] == (0, 0, 0, 2, 25)
+
+
+@pytest.mark.django_db
 def test_record_expired_counts_an_item_once():
     alice = UserFactory()
     box = NodeFactory(owner=alice)
@@ -426,8 +449,10 @@ def test_replay_of_items_whose_lease_is_gone_is_still_exact():
         True,
         False,
     ]
-    # What deleting the node does to its events (SET_NULL both; its leases go with it).
+    # What deleting the node does to its events (SET_NULL both; its leases and its own
+    # reputation go with it).
     assert ReputationEvent.objects.update(lease_item=None, node=None) == 5
+    NodeReputation.objects.filter(node=box).delete()
     with transaction.atomic():
         assert trust.replay(contributor_id=alice.pk) is False
     assert numbers(rep(alice))[:5] == (0, 0, 0, 5, 12)
@@ -767,3 +792,37 @@ def test_flags_raised_together_cut_once_and_hold_their_samples_back_until_cleare
         clear_flags(flag_ids=[f.pk for f in flags], by=admin_user, reason="calibration")
     assert numbers(rep(alice))[:5] == (3, 3, 0, 0, 56)
     assert rep(alice).flagged == 0
+
+
+@pytest.mark.django_db
+def test_uploads_outside_a_lease_take_prompts_from_the_same_daily_quota(api, user, settings):
+    settings.THINKPOOL_TRUST = {**settings.THINKPOOL_TRUST, "initial_quota": 5, "min_quota": 1}
+    prompts = [new_prompt() for _ in range(4)]
+    for p in prompts:
+        p.prompt_set.models_allowed = []
+        p.prompt_set.save()
+    LeaseDay.objects.create(contributor=user, day=trust.utc_day(), prompts=3)  # leased today
+
+    def offline(prompt: Prompt) -> dict[str, Any]:
+        payload = sample_payload(0, prompt=prompt.pk)
+        del payload["item"]
+        return payload
+
+    body = api.post(
+        "/api/v1/samples/",
+        {
+            "samples": [
+                offline(prompts[0]),
+                offline(prompts[0]),
+                offline(prompts[1]),
+                offline(prompts[2]),
+            ]
+        },
+        format="json",
+    ).json()
+    # Two prompts left today: the first two prompts' three samples in, the third prompt's out.
+    assert len(body["accepted"]) == 3
+    assert [r["error"]["code"] for r in body["rejected"]] == ["quota_exceeded"]
+    assert LeaseDay.objects.get(contributor=user, node__isnull=True).prompts == 5
+    again = api.post("/api/v1/samples/", {"samples": [offline(prompts[3])]}, format="json").json()
+    assert not again["accepted"] and again["rejected"][0]["error"]["code"] == "quota_exceeded"

@@ -358,6 +358,9 @@ def rules(settings: Any) -> None:
         "disagree_min": 2,
         "disagree_share": 0.5,
         "disagree_window": 20,
+        "disagree_alpha": 0.05,
+        # Everyone may replicate: nobody has a record yet (every prompt closes at the end).
+        "replica_min_trust": 0.0,
         "hoard_flag_after": 3,
     }
     settings.THINKPOOL_ATTESTATION = {

@@ -305,8 +305,15 @@ def test_sample_fraction_and_open_flags_decide_who_is_attested(
     first = store(prompt_set, user, tiny["samples"][:3], model=A)
     score(django_capture_on_commit_callbacks, first)
     assert attestations(first) == {}
-    # Any open flag on the contributor: every sample of theirs is attested.
-    flag = raise_conduct_flag(contributor_id=user.pk, kind=FlagKind.HOARDING, evidence={})
+    # A hoarding flag (anyone can earn one on purpose) does not make every sample attested.
+    raise_conduct_flag(contributor_id=user.pk, kind=FlagKind.HOARDING, evidence={})
+    hoarded = store(prompt_set, user, tiny["samples"][10:12], model=A)
+    score(django_capture_on_commit_callbacks, hoarded)
+    assert attestations(hoarded) == {}
+    # An open flag about what they send: every sample of theirs is attested.
+    flag = raise_conduct_flag(
+        contributor_id=user.pk, kind=FlagKind.REPLICA_DISAGREEMENT, evidence={}
+    )
     second = store(prompt_set, user, tiny["samples"][3:6], model=A)
     score(django_capture_on_commit_callbacks, second)
     assert set(attestations(second)) == {s.pk for s in second}
@@ -475,7 +482,7 @@ def test_model_settings_from_the_environment(monkeypatch) -> None:
 # --- releases ----------------------------------------------------------------------------------
 
 
-def test_a_release_lists_the_attestation_as_provenance_without_its_statistics(settings, tmp_path):
+def test_a_release_leaves_the_attestation_out_and_the_sample_in(settings, tmp_path):
     import pyarrow.parquet as pq
 
     from scoring.publishing.service import run_release, start_release
@@ -503,8 +510,8 @@ def test_a_release_lists_the_attestation_as_provenance_without_its_statistics(se
     raw = pq.read_table(root / "raw").to_pylist()
     row = next(r for r in raw if r["sample_id"] == verified.pk)
     assert row["status"] == "verified" and row["verified"] is True
-    assert sorted(row["verdicts"], key=lambda v: v["verifier"]) == [
-        {"verifier": "attestation", "version": VERSION, "status": "fail", "score": 0.0},
+    # Which samples were attested, and how they fared, stays private (a forger's signal).
+    assert row["verdicts"] == [
         {"verifier": "math", "version": 3, "status": "pass", "score": 1.0},
     ]
     assert "-4.5" not in str(row) and "outside_nucleus" not in str(row)
