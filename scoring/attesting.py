@@ -5,26 +5,25 @@ the flags a contributor's pooled attestations raise (the statistics: scoring/att
 whose claimed model is configured (``THINKPOOL_ATTESTATION["models"]``) is attested with
 probability ``sample_fraction``, drawn from the operating system's generator
 (``random.SystemRandom``) so that no contributor can predict which samples are checked, and
-always while its contributor has an open attestation, copy or spot-check flag. Spot-check replicas are attested like
-any sample. The choice is made after the scoring transaction commits and never touches the
-sample: an attestation is evidence about the contributor, not part of the sample's judgement.
+always while its contributor has an open attestation, copy or spot-check flag (not hoarding,
+which anyone can earn on purpose). Spot-check replicas are attested like any sample. The
+choice is made after the scoring transaction commits and never touches the sample: an
+attestation is evidence about the contributor, not part of the sample's judgement.
 
 **Attesting** (:func:`attest_samples`, the ``scoring.attest_samples`` task): fresh rows, the
 prompt's chat as the worker sent it (``PromptSet.render_messages``), grouped by claimed model
 (the model is loaded once per worker process), one teacher-forced forward pass per batch. Each
 sample gets one Verdict(verifier="attestation", version=VERSION): ``pass`` / ``fail`` per the
 rule, ``skipped`` when it cannot be judged (too few tokens; a claim out of range), with the
-statistics in ``details`` and ``score`` 1.0 for a pass, else 0.0 (``score`` is published with
-the release's rows; the statistics are not). A sample attested at this version already is not
-attested again, so the task is safe to run twice.
+statistics in ``details`` and ``score`` 1.0 for a pass, else 0.0. A sample attested at this
+version already is not attested again, so the task is safe to run twice.
 
 **Where the verdict goes.** Not into the sample's status: the pipeline settles a sample from
 the verdicts of its set's verifiers only (``attestation`` is none), and keeps verdicts of other
-verifiers as they are, so a rescore neither reads nor drops it. Released rows list it with the
-other verdicts (provenance: status and 0/1 score, never the statistics). Contributors are not
-shown it (scoring.disclosure): its statistics would help tune a forgery (the claimed model is
-public, the thresholds are not secret, but which samples were drawn and how close they came
-is), and a single sample's result is weak evidence anyway.
+verifiers as they are, so a rescore neither reads nor drops it. Released rows leave it out
+(scoring.publishing.rows) and contributors are not shown it (scoring.disclosure): which
+samples were drawn and how close they came would help tune a forgery (the claimed model is
+public and the thresholds are not secret), and a single sample's result is weak evidence.
 
 **Pooling and flags** (:func:`check_pool`). One sample says little (2-3 % of honest samples
 fail alone, mostly a re-tokenization the model never sampled); ``pool_size`` of them say much
@@ -32,11 +31,11 @@ fail alone, mostly a re-tokenization the model never sampled); ``pool_size`` of 
 each (contributor, model, temperature) touched, the contributor's latest ``pool_size``
 attestations of that claim (pass or fail; skipped ones carry nothing) are pooled
 (``attestation.pool``); when the pool fails the rule, each failed sample in it is flagged
-(``FlagKind.ATTESTATION``, raised together: one failed pool, one cut of the contributor's quota,
-contributors.services.trust), with the pooled and
-single statistics, the claim and the pooled sample ids as evidence. A pool that fails though none
-of its samples failed alone flags its worst sample, so that every pooled fail raises a flag.
-Never one sample's fail alone. Raising the same evidence again changes nothing (scoring.flags).
+(``FlagKind.ATTESTATION``, raised together: one failed pool is one finding, one cut of the
+contributor's quota in contributors.services.trust), with the pooled and single statistics,
+the claim and the pooled sample ids as evidence. A pool that fails though none of its samples
+failed alone flags its worst sample, so that every pooled fail raises a flag. Never one
+sample's fail alone. Raising the same evidence again changes nothing (scoring.flags).
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ from scoring.attestation import (
     rule_from,
 )
 from scoring.flags import raise_flags
-
 from scoring.models import Flag, FlagKind, Sample, Verdict, VerdictStatus
 
 logger = logging.getLogger(__name__)

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, TextField, Value
 from django.db.models.functions import Cast, Coalesce
 
+from scoring.attesting import VERIFIER as ATTESTATION_VERIFIER
 from scoring.models import (
     RELEASE_CONFIGS,
     PreferencePair,
@@ -60,7 +61,6 @@ from scoring.publishing.chat import (
     split_reasoning,
 )
 from scoring.publishing.fetch import Fetcher, JsonNumber, register_lookups
-from scoring.attesting import VERIFIER as ATTESTATION_VERIFIER
 from scoring.selection import Policy, chat_messages, settled_q, settled_samples
 
 CONFIGS = RELEASE_CONFIGS
