@@ -53,6 +53,7 @@ from contributors.models import (
     Profile,
     PromptCredit,
 )
+from contributors.services import queueing
 from scoring.models import Prompt, Sample, SampleStatus
 from scoring.signals import disclosed_changed
 
@@ -271,26 +272,9 @@ def schedule_settle(prompt_ids: Iterable[int]) -> None:
     """Queues settling of `prompt_ids` once the current transaction commits (at once outside
     one), SETTLE_CHUNK prompts per message. Never raises: a message that cannot be sent is
     caught up by the sweep (`recently_changed_prompts`)."""
-    ids = sorted({int(pk) for pk in prompt_ids})
-    if not ids:
-        return
-
-    def send() -> None:
-        from contributors.tasks import settle_credit
-
-        for chunk in chunked(ids):
-            try:
-                settle_credit.apply_async((chunk,), retry=True, retry_policy=_RETRY_POLICY)
-            except Exception:
-                logger.warning(
-                    "could not queue settling credit of %d prompts; the sweep will", len(chunk)
-                )
-
-    transaction.on_commit(send)
-
-
-# One quick retry of a publish, as scoring's tasks do; then the sweep's job.
-_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+    queueing.prompts_on_commit(
+        "settle_credit", prompt_ids, chunk=SETTLE_CHUNK, what="settling credit"
+    )
 
 
 @receiver(disclosed_changed, dispatch_uid="credit-settle-disclosed")

@@ -46,7 +46,6 @@ raised (scoring/flags.py) with the checks as evidence; the flag counts against t
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -66,10 +65,9 @@ from contributors.models import (
     SpotCheck,
     SpotCheckState,
 )
+from contributors.services import queueing
 from scoring.models import Domain, Prompt, RewardScore, Sample, SampleStatus
 from scoring.signals import disclosed_changed
-
-logger = logging.getLogger(__name__)
 
 _random = random.SystemRandom()
 
@@ -163,7 +161,6 @@ def _touched_by(user_id: int, model: str, checks: list[SpotCheck]) -> set[tuple[
 def attach(*, taken: Sequence[tuple[SpotCheck, int]], items: dict[int, LeaseItem]) -> None:
     """The replica items (`items`: slot id -> item; `take` gives one check per slot) of the
     checks `take` returned were made."""
-    now = timezone.now()
     for check, _ in taken:
         item = items[check.slot_id]
         SpotCheck.objects.filter(pk=check.pk).update(
@@ -171,8 +168,6 @@ def attach(*, taken: Sequence[tuple[SpotCheck, int]], items: dict[int, LeaseItem
             replica_contributor_id=item.lease.contributor_id,
             state=SpotCheckState.LEASED,
         )
-    if taken:
-        logger.debug("%d spot checks leased at %s", len(taken), now)
 
 
 def plan(*, items: Sequence[LeaseItem], contributor_id: int, model: str) -> list[SpotCheck]:
@@ -488,27 +483,13 @@ def _flag_if_persistent(contributor_id: int) -> None:
 
 # --- scheduling --------------------------------------------------------------------------------
 
-_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
-
 
 def schedule_compare(prompt_ids: Iterable[int]) -> None:
     """Queues comparing `prompt_ids` once the current transaction commits. Never raises: the
     trust sweep catches up with a lost message."""
-    ids = sorted({int(pk) for pk in prompt_ids})
-    if not ids:
-        return
-
-    def send() -> None:
-        from contributors.tasks import compare_spot_checks
-
-        for start in range(0, len(ids), COMPARE_CHUNK):
-            chunk = ids[start : start + COMPARE_CHUNK]
-            try:
-                compare_spot_checks.apply_async((chunk,), retry=True, retry_policy=_RETRY_POLICY)
-            except Exception:
-                logger.warning("could not queue comparing %d prompts; the sweep will", len(chunk))
-
-    transaction.on_commit(send)
+    queueing.prompts_on_commit(
+        "compare_spot_checks", prompt_ids, chunk=COMPARE_CHUNK, what="comparing spot checks"
+    )
 
 
 @receiver(disclosed_changed, dispatch_uid="spotchecks-compare-disclosed")

@@ -76,7 +76,6 @@ profile lock it already holds.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -98,12 +97,11 @@ from contributors.models import (
     ReputationFields,
     ReputationKind,
 )
+from contributors.services import queueing
 from contributors.services.errors import ServiceError
 from scoring.flags import flags_cleared, flags_raised, raise_conduct_flag
 from scoring.models import Flag, FlagKind, Prompt, Sample, SampleStatus
 from scoring.signals import disclosed_changed
-
-logger = logging.getLogger(__name__)
 
 # Prompts per settling transaction (and per queued message).
 SETTLE_CHUNK = 200
@@ -322,30 +320,12 @@ def settle_all(*, chunk: int | None = None) -> tuple[int, int]:
         samples += settle_prompts(prompt_ids=ids)
 
 
-# One quick retry of a publish, as credit's; then the sweep's job.
-_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
-
-
 def schedule_settle(prompt_ids: Iterable[int]) -> None:
     """Queues settling of `prompt_ids` once the current transaction commits (at once outside
     one). Never raises: a lost message is caught up by the sweep."""
-    ids = sorted({int(pk) for pk in prompt_ids})
-    if not ids:
-        return
-
-    def send() -> None:
-        from contributors.tasks import settle_trust
-
-        for start in range(0, len(ids), SETTLE_CHUNK):
-            chunk = ids[start : start + SETTLE_CHUNK]
-            try:
-                settle_trust.apply_async((chunk,), retry=True, retry_policy=_RETRY_POLICY)
-            except Exception:
-                logger.warning(
-                    "could not queue settling trust of %d prompts; the sweep will", len(chunk)
-                )
-
-    transaction.on_commit(send)
+    queueing.prompts_on_commit(
+        "settle_trust", prompt_ids, chunk=SETTLE_CHUNK, what="settling trust"
+    )
 
 
 @receiver(disclosed_changed, dispatch_uid="trust-settle-disclosed")
