@@ -63,6 +63,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from scoring.batching import by_token_budget, default_budget
+
 log = logging.getLogger("thinkpool.scoring.attestation")
 
 VERSION = 1
@@ -72,7 +74,6 @@ INCONCLUSIVE = "inconclusive"
 
 # How the worker's split is undone: reasoning goes between these (DeepSeek-R1 / Qwen3 style).
 THINK_FORMAT = {"open": "<think>\n", "close": "\n</think>\n\n"}
-DEFAULT_MAX_TOKENS_PER_BATCH = {"cuda": 16_384, "cpu": 4_096}
 # Positions projected onto the vocabulary at once (memory: chunk * vocab floats, a few times over).
 _VOCAB_CHUNK_POSITIONS = 512
 # Candidates for a top-p nucleus found by partial selection before falling back to a full sort.
@@ -296,9 +297,7 @@ class Attester:
             dtype = getattr(torch, dtype)
         self.dtype = dtype
         self.max_tokens = max_tokens
-        self.max_tokens_per_batch = max_tokens_per_batch or DEFAULT_MAX_TOKENS_PER_BATCH.get(
-            self.device.split(":")[0], DEFAULT_MAX_TOKENS_PER_BATCH["cpu"]
-        )
+        self.max_tokens_per_batch = max_tokens_per_batch or default_budget(self.device)
         self.think = dict(think)
         self.model, self.tokenizer = _load(self.model_id, self.device, self.dtype)
         limits = [
@@ -366,20 +365,7 @@ class Attester:
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped longest first so that each batch's padded size fits the budget."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        out: list[list[int]] = []
-        current: list[int] = []
-        width = 0
-        for i in order:
-            n = max(lengths[i], 1)
-            if current and max(width, n) * (len(current) + 1) > self.max_tokens_per_batch:
-                out.append(current)
-                current, width = [], 0
-            current.append(i)
-            width = max(width, n)
-        if current:
-            out.append(current)
-        return out
+        return by_token_budget(lengths, self.max_tokens_per_batch)
 
     # --- attestation ------------------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ def attest_samples(*, sample_ids: Iterable[int]) -> int:
     stored = 0
     for model, group in sorted(by_model.items()):
         verdicts = _attest_group(model, group)
-        _upsert(verdicts)
+        Verdict.objects.upsert(verdicts)
         stored += len(verdicts)
     # Every pool these samples belong to, attested now or before (a rerun mends a pool check
     # that a crash cut short).
@@ -291,16 +291,6 @@ def _skipped(sample: Sample, attester: Attester, reason: str) -> Verdict:
         score=0.0,
         details=_json_safe({**_base_details(sample, attester), "reason": reason}),
     )
-
-
-def _upsert(verdicts: list[Verdict]) -> None:
-    if verdicts:
-        Verdict.objects.bulk_create(
-            verdicts,
-            update_conflicts=True,
-            unique_fields=["sample", "verifier", "version"],
-            update_fields=["status", "score", "details", "duration_ms", "created_at"],
-        )
 
 
 def _json_safe(value: Any) -> Any:

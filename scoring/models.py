@@ -352,9 +352,22 @@ class VerdictStatus(models.TextChoices):
     SKIPPED = "skipped"
 
 
+class VerdictQuerySet(models.QuerySet["Verdict"]):
+    def upsert(self, verdicts: list[Verdict]) -> None:
+        """One statement for all of `verdicts`: a verdict already stored for its (sample,
+        verifier, version) is overwritten (a retry's, or the same task run twice)."""
+        if verdicts:
+            self.bulk_create(
+                verdicts,
+                update_conflicts=True,
+                unique_fields=["sample", "verifier", "version"],
+                update_fields=["status", "score", "details", "duration_ms", "created_at"],
+            )
+
+
 class Verdict(models.Model):
     """One verifier's judgement of one sample. Unique by (sample, verifier, version), so a
-    task that runs twice upserts instead of adding a second row."""
+    task that runs twice upserts instead of adding a second row (`Verdict.objects.upsert`)."""
 
     sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="verdicts")
     verifier = models.CharField(max_length=32)
@@ -364,6 +377,8 @@ class Verdict(models.Model):
     details = models.JSONField(default=dict, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now=True)
+
+    objects = VerdictQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -356,17 +356,6 @@ def score_sample(*, sample_id: int, claim_key: str | None = None, rescore: bool 
     return settled
 
 
-def _upsert(verdicts: list[Verdict]) -> None:
-    """One statement for all of a sample's new verdicts (a retry overwrites its own)."""
-    if verdicts:
-        Verdict.objects.bulk_create(
-            verdicts,
-            update_conflicts=True,
-            unique_fields=["sample", "verifier", "version"],
-            update_fields=["status", "score", "details", "duration_ms", "created_at"],
-        )
-
-
 def _keep(held: Claim, verdicts: list[Verdict]) -> None:
     """Writes verdicts judged before the task ran out of time, while the claim still holds
     (its row locked meanwhile). Never raises: the time limit is what must propagate."""
@@ -375,7 +364,7 @@ def _keep(held: Claim, verdicts: list[Verdict]) -> None:
     try:
         with transaction.atomic():
             if list(held.still_held().select_for_update().values_list("pk", flat=True)):
-                _upsert(verdicts)
+                Verdict.objects.upsert(verdicts)
     except Exception:
         logger.exception(
             "sample %s: verdicts judged before the time limit are lost", held.sample_id
@@ -426,7 +415,7 @@ def _finish(
             .update(status=status, status_changed_at=now, next_attempt_at=retry_at, **fields)
         )
         if settled:
-            _upsert(verdicts or [])
+            Verdict.objects.upsert(verdicts or [])
             _count_moves([(held.sample_id, SampleStatus.SCORING, status)])
     if not settled:
         logger.info(

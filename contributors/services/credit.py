@@ -173,15 +173,7 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
     finds nothing to do; a status change that commits meanwhile sends disclosed_changed and is
     settled again after its commit. KEY SHARE (a scoring finish upserting PromptModelStats)
     is not blocked."""
-    ids = sorted({int(pk) for pk in prompt_ids})
-    if not ids:
-        return 0
-    closed = list(
-        Prompt.objects.select_for_update(no_key=True)
-        .filter(pk__in=ids, closed_at__isnull=False)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+    closed = queueing.lock_closed(prompt_ids)
     if not closed:
         return 0
     difficulty_of = difficulties(closed)
@@ -252,20 +244,11 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
 def settle_all(*, chunk: int | None = None) -> tuple[int, int]:
     """Settles every closed prompt, `chunk` prompts per transaction (a repair: it reads every
     closed prompt's samples). Returns (prompts, entries written)."""
-    chunk = chunk or SETTLE_CHUNK
     prompts = entries = 0
-    last = 0
-    while True:
-        ids = list(
-            Prompt.objects.filter(closed_at__isnull=False, pk__gt=last)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:chunk]
-        )
-        if not ids:
-            return prompts, entries
-        last = ids[-1]
+    for ids in queueing.closed_prompt_chunks(chunk or SETTLE_CHUNK):
         prompts += len(ids)
         entries += settle_prompts(prompt_ids=ids)
+    return prompts, entries
 
 
 def schedule_settle(prompt_ids: Iterable[int]) -> None:

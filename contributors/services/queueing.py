@@ -1,12 +1,15 @@
-"""Queueing work on prompts after the current transaction commits: how credit, trust and spot
-checks settle the prompts `scoring.signals.disclosed_changed` names (one place for the rule)."""
+"""Settling work over prompts, in chunks: queued after the current transaction commits (how
+credit, trust and spot checks settle the prompts `scoring.signals.disclosed_changed` names), or
+walked over every closed prompt (their repairs). One place for each rule."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from django.db import transaction
+
+from scoring.models import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +37,34 @@ def prompts_on_commit(task_name: str, prompt_ids: Iterable[int], *, chunk: int, 
                 logger.warning("could not queue %s of %d prompts; the sweep will", what, len(part))
 
     transaction.on_commit(send)
+
+
+def closed_prompt_chunks(size: int) -> Iterator[list[int]]:
+    """Every closed prompt's id, `size` at a time in id order (keyset pages: each page is one
+    indexed read, however many prompts there are)."""
+    last = 0
+    while True:
+        ids = list(
+            Prompt.objects.filter(closed_at__isnull=False, pk__gt=last)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:size]
+        )
+        if not ids:
+            return
+        last = ids[-1]
+        yield ids
+
+
+def lock_closed(prompt_ids: Iterable[int]) -> list[int]:
+    """The closed prompts among `prompt_ids`, locked FOR NO KEY UPDATE in id order (the order
+    closing takes them), for the rest of the caller's transaction: two settlers of one prompt
+    run one after the other, and the second finds nothing left to do."""
+    ids = sorted({int(pk) for pk in prompt_ids})
+    if not ids:
+        return []
+    return list(
+        Prompt.objects.select_for_update(no_key=True)
+        .filter(pk__in=ids, closed_at__isnull=False)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )

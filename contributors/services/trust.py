@@ -100,7 +100,7 @@ from contributors.models import (
 from contributors.services import queueing
 from contributors.services.errors import ServiceError
 from scoring.flags import flags_cleared, flags_raised, raise_conduct_flag
-from scoring.models import Flag, FlagKind, Prompt, Sample, SampleStatus
+from scoring.models import Flag, FlagKind, Sample, SampleStatus
 from scoring.signals import disclosed_changed
 
 # Prompts per settling transaction (and per queued message).
@@ -257,15 +257,7 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
     """Counts the judged samples of the closed prompts among `prompt_ids` that no settling
     counted yet; open prompts are left alone. Returns how many samples it counted (0 when
     everything was settled already)."""
-    ids = sorted({int(pk) for pk in prompt_ids})
-    if not ids:
-        return 0
-    closed = list(
-        Prompt.objects.select_for_update(no_key=True)
-        .filter(pk__in=ids, closed_at__isnull=False)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+    closed = queueing.lock_closed(prompt_ids)
     if not closed:
         return 0
     counted = ReputationEvent.objects.filter(sample=OuterRef("pk"), kind__in=_JUDGED)
@@ -304,20 +296,11 @@ def settle_prompts(*, prompt_ids: Iterable[int]) -> int:
 def settle_all(*, chunk: int | None = None) -> tuple[int, int]:
     """Settles every closed prompt, `chunk` per transaction (a repair). Returns (prompts,
     samples counted)."""
-    chunk = chunk or SETTLE_CHUNK
     prompts = samples = 0
-    last = 0
-    while True:
-        ids = list(
-            Prompt.objects.filter(closed_at__isnull=False, pk__gt=last)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:chunk]
-        )
-        if not ids:
-            return prompts, samples
-        last = ids[-1]
+    for ids in queueing.closed_prompt_chunks(chunk or SETTLE_CHUNK):
         prompts += len(ids)
         samples += settle_prompts(prompt_ids=ids)
+    return prompts, samples
 
 
 def schedule_settle(prompt_ids: Iterable[int]) -> None:

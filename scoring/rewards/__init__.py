@@ -5,8 +5,9 @@ The library half of issue 9's reward ranking; see :mod:`scoring.rewards.scorer` 
 package does not import torch or transformers: that happens when a scorer is constructed.
 """
 
+from scoring.batching import DEFAULT_MAX_TOKENS_PER_BATCH
+
 from .scorer import (
-    DEFAULT_MAX_TOKENS_PER_BATCH,
     Encoded,
     RewardInput,
     RewardModelError,

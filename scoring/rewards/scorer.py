@@ -15,12 +15,13 @@ response alone does not fit, the sequence is cut from the **right** instead (the
 sees the start of the chat and the start of the response). Either way ``truncated`` is set and
 ``tokens`` is the length actually scored.
 
-**Batching.** Samples are sorted by token length (longest first) and grouped so that each batch's
-padded size, ``longest * batch_size``, stays within ``max_tokens_per_batch`` (default per device:
-``DEFAULT_MAX_TOKENS_PER_BATCH``); a sample longer than the budget runs alone. Padding is on the
-right with an attention mask; the model pools the last non-pad token, as transformers'
-``*ForSequenceClassification`` does, so a padded row scores as it would alone (checked by the
-tests to 1e-4 in float32). Results come back in input order.
+**Batching** (scoring.batching, shared with attestation). Samples are sorted by token length
+(longest first) and grouped so that each batch's padded size, ``longest * batch_size``, stays
+within ``max_tokens_per_batch`` (default per device: ``DEFAULT_MAX_TOKENS_PER_BATCH``); a sample
+longer than the budget runs alone. Padding is on the right with an attention mask; the model
+pools the last non-pad token, as transformers' ``*ForSequenceClassification`` does, so a padded
+row scores as it would alone (checked by the tests to 1e-4 in float32). Results come back in
+input order.
 
 **Loading.** Models are cached per process, keyed by ``(model, device, dtype)``: constructing a
 ``RewardScorer`` again (every Celery task does) reuses the loaded weights. bf16 on CUDA, float32 on
@@ -44,13 +45,12 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scoring.batching import by_token_budget, default_budget
+
 log = logging.getLogger("thinkpool.scoring.rewards")
 
 # tokenizer.model_max_length is 1e30 when a checkpoint does not set it: not a limit.
 _SANE_MAX_LENGTH = 10_000_000
-# Padded tokens per forward pass when not given: on a GPU, what a ~0.5B model takes in bf16 with
-# room to spare; on CPU, batches past a few thousand tokens stop paying (bench/rewards.py).
-DEFAULT_MAX_TOKENS_PER_BATCH = {"cuda": 16_384, "cpu": 4_096}
 
 
 class RewardModelError(Exception):
@@ -200,9 +200,7 @@ class RewardScorer:
         self.version = version
         self.device = _pick_device(torch, device)
         self.dtype = _pick_dtype(torch, self.device, dtype)
-        self.max_tokens_per_batch = max_tokens_per_batch or DEFAULT_MAX_TOKENS_PER_BATCH.get(
-            self.device.split(":")[0], DEFAULT_MAX_TOKENS_PER_BATCH["cpu"]
-        )
+        self.max_tokens_per_batch = max_tokens_per_batch or default_budget(self.device)
         self.include_reasoning = include_reasoning
         self.model, self.tokenizer = _load(self.model_id, self.device, self.dtype)
         self.max_length = self._model_limit(max_length)
@@ -300,20 +298,7 @@ class RewardScorer:
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped into batches: longest first, padded size within the token budget."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        out: list[list[int]] = []
-        current: list[int] = []
-        width = 0
-        for i in order:
-            n = max(lengths[i], 1)
-            if current and max(width, n) * (len(current) + 1) > self.max_tokens_per_batch:
-                out.append(current)
-                current, width = [], 0
-            current.append(i)
-            width = max(width, n)
-        if current:
-            out.append(current)
-        return out
+        return by_token_budget(lengths, self.max_tokens_per_batch)
 
     def score(self, items: Iterable[RewardInput]) -> list[RewardResult]:
         """One result per item, in input order."""

@@ -90,7 +90,7 @@ from scoring.verifiers.base import Candidate, Gold
 from tests import factories
 from tests.conftest import client_for
 from tests.factories import sample_payload
-from tests.fixtures.tiny_model import _CORPUS, tiny_model_dir
+from tests.fixtures.tiny_model import _CORPUS, sample_chats, tiny_model_dir
 
 PromptFactory: Any = factories.PromptFactory
 PromptSetFactory: Any = factories.PromptSetFactory
@@ -171,7 +171,6 @@ def _model(seed: int) -> tuple[Any, Any]:
 
         path = tiny_model_dir(seed)
         tok = AutoTokenizer.from_pretrained(path)
-        tok.padding_side = "left"
         _generators[seed] = (tok, AutoModelForCausalLM.from_pretrained(path).eval())
     return _generators[seed]
 
@@ -184,46 +183,31 @@ def generate(
     the first ones kept are those the set's gold-free checks pass, long enough to be attested
     (at least MIN_TOKENS tokens: the default rule calls fewer inconclusive) and not
     near-duplicates of one kept for the same prompt."""
-    import torch
-
     tok, model = _model(seed)
     checks = verifiers_for(Domain.GENERAL)
     per_item = CANDIDATES * max(item["sampling"]["n"] for item in items)
     for item in items:
         assert (item["sampling"]["temperature"], item["sampling"]["top_p"]) == (CHAT_T, TOP_P)
-    texts = [
-        tok.apply_chat_template(
-            item["prompt"]["messages"], tokenize=False, add_generation_prompt=True
-        )
-        for item in items
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    # Seeded by who generates (str hashes vary per process; crc32 does not).
-    torch.manual_seed(zlib.crc32(salt.encode()))
-    with torch.no_grad():
-        rows = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=CHAT_T,
-            top_p=TOP_P,
-            top_k=0,
-            max_new_tokens=MAX_NEW_TOKENS,
-            num_return_sequences=per_item,
-        )
+    generated = sample_chats(
+        tok,
+        model,
+        [item["prompt"]["messages"] for item in items],
+        temperature=CHAT_T,
+        top_p=TOP_P,
+        max_new_tokens=MAX_NEW_TOKENS,
+        per_chat=per_item,
+        # Seeded by who generates (str hashes vary per process; crc32 does not).
+        seed=zlib.crc32(salt.encode()),
+    )
     out: dict[int, list[dict[str, Any]]] = {}
-    for i, item in enumerate(items):
+    for item, candidates in zip(items, generated, strict=True):
         kept: list[dict[str, Any]] = []
         index: NearDuplicateIndex[int] = NearDuplicateIndex()
-        for row in rows[i * per_item : (i + 1) * per_item]:
-            tokens = row[enc["input_ids"].shape[1] :].tolist()
-            stopped = tok.eos_token_id in tokens
-            if stopped:
-                tokens = tokens[: tokens.index(tok.eos_token_id)]
+        for g in candidates:
+            tokens, stopped = g.tokens, g.stopped
             if len(tokens) < MIN_TOKENS:
                 continue
-            completion, reasoning = split_reasoning(
-                str(tok.decode(tokens, skip_special_tokens=True))
-            )
+            completion, reasoning = split_reasoning(g.text)
             finish = "stop" if stopped else "length"
             candidate = Candidate(
                 completion=completion,

@@ -39,7 +39,7 @@ from scoring.attestation import (
     completion_text,
     pool,
 )
-from tests.fixtures.tiny_model import _CORPUS, tiny_model_dir
+from tests.fixtures.tiny_model import _CORPUS, sample_chats, tiny_model_dir
 
 # The tiny model writes "<think>…</think> answer": its markup, for rebuilding the worker's split.
 TINY_THINK = {"open": "<think>", "close": "</think> "}
@@ -61,47 +61,32 @@ def _prompts() -> list[str]:
 
 
 def _generate(path: Any, temperature: float, seed: int) -> list[dict[str, Any]]:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
     prompts = _prompts()
-    texts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=TOP_P,
-            top_k=0,
-            max_new_tokens=MAX_NEW_TOKENS,
-            num_return_sequences=PER_PROMPT,
-        )
+    generated = sample_chats(
+        AutoTokenizer.from_pretrained(path),
+        AutoModelForCausalLM.from_pretrained(path).eval(),
+        [[{"role": "user", "content": p}] for p in prompts],
+        temperature=temperature,
+        top_p=TOP_P,
+        max_new_tokens=MAX_NEW_TOKENS,
+        per_chat=PER_PROMPT,
+        seed=seed,
+    )
     samples = []
-    for i, row in enumerate(out):
-        gen = row[enc["input_ids"].shape[1] :].tolist()
-        stopped = tok.eos_token_id in gen
-        if stopped:
-            gen = gen[: gen.index(tok.eos_token_id)]
-        completion, reasoning = split_reasoning(str(tok.decode(gen, skip_special_tokens=True)))
-        samples.append(
-            {
-                "prompt": prompts[i // PER_PROMPT],
-                "completion": completion,
-                "reasoning": reasoning,
-                "finish_reason": "stop" if stopped else "length",
-                "temperature": temperature,
-            }
-        )
+    for prompt, outs in zip(prompts, generated, strict=True):
+        for g in outs:
+            completion, reasoning = split_reasoning(g.text)
+            samples.append(
+                {
+                    "prompt": prompt,
+                    "completion": completion,
+                    "reasoning": reasoning,
+                    "finish_reason": "stop" if g.stopped else "length",
+                    "temperature": temperature,
+                }
+            )
     return samples
 
 

@@ -33,7 +33,7 @@ from scoring.flags import clear_flags, raise_conduct_flag
 from scoring.models import Domain, Flag, FlagKind, Prompt, PromptSet, Sample, Verdict
 from scoring.services import messages_hash
 from tests.factories import PromptFactory, PromptSetFactory, UserFactory
-from tests.fixtures.tiny_model import _CORPUS, tiny_model_dir
+from tests.fixtures.tiny_model import _CORPUS, sample_chats, tiny_model_dir
 
 pytestmark = pytest.mark.django_db
 
@@ -58,49 +58,32 @@ def _prompt_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def tiny() -> dict[str, Any]:
     """Both models, and samples of A generated from the rendered prompts (as a worker would)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     paths = {A: tiny_model_dir(0), B: tiny_model_dir(1)}
-    tok = AutoTokenizer.from_pretrained(paths[A])
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(paths[A]).eval()
     texts = _prompt_texts()
-    chats = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": TEMPLATE.replace("{prompt}", t)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for t in texts
-    ]
-    enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=TEMPERATURE,
-            top_p=TOP_P,
-            top_k=0,
-            max_new_tokens=48,
-            num_return_sequences=PER_PROMPT,
-        )
+    generated = sample_chats(
+        AutoTokenizer.from_pretrained(paths[A]),
+        AutoModelForCausalLM.from_pretrained(paths[A]).eval(),
+        [[{"role": "user", "content": TEMPLATE.replace("{prompt}", t)}] for t in texts],
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        max_new_tokens=48,
+        per_chat=PER_PROMPT,
+        seed=3,
+    )
     samples = []
-    for i, row in enumerate(out):
-        gen = row[enc["input_ids"].shape[1] :].tolist()
-        stopped = tok.eos_token_id in gen
-        if stopped:
-            gen = gen[: gen.index(tok.eos_token_id)]
-        completion, reasoning = split_reasoning(str(tok.decode(gen, skip_special_tokens=True)))
-        samples.append(
-            {
-                "prompt": texts[i // PER_PROMPT],
-                "completion": completion,
-                "reasoning": reasoning or "",
-                "finish_reason": "stop" if stopped else "length",
-            }
-        )
+    for text, outs in zip(texts, generated, strict=True):
+        for g in outs:
+            completion, reasoning = split_reasoning(g.text)
+            samples.append(
+                {
+                    "prompt": text,
+                    "completion": completion,
+                    "reasoning": reasoning or "",
+                    "finish_reason": "stop" if g.stopped else "length",
+                }
+            )
     return {"paths": paths, "samples": samples}
 
 
